@@ -56,7 +56,7 @@ cdef extern from "<unistd.h>" nogil:
 # ---------------------------------------------------------------- constants
 # Mirrors of the kernel's names, for callers above this module.
 
-SUPER_MAGIC = BTRFS_SUPER_MAGIC
+SUPER_MAGIC = <uint32_t>BTRFS_SUPER_MAGIC
 FIRST_FREE_OBJECTID = BTRFS_FIRST_FREE_OBJECTID
 LAST_FREE_OBJECTID = <uint64_t>BTRFS_LAST_FREE_OBJECTID
 FS_TREE_OBJECTID = BTRFS_FS_TREE_OBJECTID
