@@ -105,7 +105,13 @@ cdef size_t DEFAULT_SEARCH_BUF = 64 * 1024
 
 # ---------------------------------------------------------------- results
 
-SubvolumeInfo = namedtuple("SubvolumeInfo", [
+def _record(name, fields):
+    # module= keeps them picklable: inside a compiled module namedtuple
+    # cannot find its caller's __name__.
+    return namedtuple(name, fields, module=__name__)
+
+
+SubvolumeInfo = _record("SubvolumeInfo", [
     "id", "name", "parent_id", "dir_id", "generation", "flags",
     "uuid", "parent_uuid", "received_uuid",
     "ctransid", "otransid", "stransid", "rtransid",
@@ -114,10 +120,10 @@ SubvolumeInfo = namedtuple("SubvolumeInfo", [
 SubvolumeInfo.__doc__ = """GET_SUBVOL_INFO of one subvolume.  Times are float seconds;
 ``parent_uuid`` and ``received_uuid`` are None when all zero."""
 
-RootRef = namedtuple("RootRef", ["dirid", "sequence", "name"])
+RootRef = _record("RootRef", ["dirid", "sequence", "name"])
 RootRef.__doc__ = "A ROOT_REF or ROOT_BACKREF item: the directory inode and entry name of a subvolume in its parent."
 
-RootItem = namedtuple("RootItem", [
+RootItem = _record("RootItem", [
     "generation", "root_dirid", "bytenr", "byte_limit", "bytes_used", "last_snapshot",
     "flags", "refs", "level", "uuid", "parent_uuid", "received_uuid",
     "ctransid", "otransid", "stransid", "rtransid", "ctime_ns", "otime_ns",
@@ -125,23 +131,23 @@ RootItem = namedtuple("RootItem", [
 RootItem.__doc__ = """A ROOT_ITEM.  The uuid fields and the transids after them are None
 for a legacy (pre-3.x) root item, which lacks them."""
 
-InodeItem = namedtuple("InodeItem", [
+InodeItem = _record("InodeItem", [
     "generation", "transid", "size", "nbytes", "nlink", "uid", "gid", "mode",
     "rdev", "flags", "sequence", "atime_ns", "ctime_ns", "mtime_ns", "otime_ns",
 ])
 
-DirItem = namedtuple("DirItem", [
+DirItem = _record("DirItem", [
     "location_objectid", "location_type", "location_offset", "transid", "type", "name", "data",
 ])
 DirItem.__doc__ = "One entry of a DIR_ITEM/DIR_INDEX/XATTR_ITEM; ``type`` is the kernel's BTRFS_FT_* file type."
 
-QgroupStatus = namedtuple("QgroupStatus", ["version", "generation", "flags", "rescan", "enable_gen"])
+QgroupStatus = _record("QgroupStatus", ["version", "generation", "flags", "rescan", "enable_gen"])
 QgroupStatus.__doc__ = "The quota tree's status item; ``enable_gen`` is None before kernel 6.7's simple quotas."
-QgroupInfo = namedtuple("QgroupInfo", ["generation", "referenced", "referenced_compressed",
+QgroupInfo = _record("QgroupInfo", ["generation", "referenced", "referenced_compressed",
                                        "exclusive", "exclusive_compressed"])
-QgroupLimit = namedtuple("QgroupLimit", ["flags", "max_referenced", "max_exclusive",
+QgroupLimit = _record("QgroupLimit", ["flags", "max_referenced", "max_exclusive",
                                          "rsv_referenced", "rsv_exclusive"])
-FsInfo = namedtuple("FsInfo", ["fsid", "num_devices", "max_id", "nodesize", "sectorsize",
+FsInfo = _record("FsInfo", ["fsid", "num_devices", "max_id", "nodesize", "sectorsize",
                                "generation", "metadata_uuid"])
 
 
@@ -197,19 +203,22 @@ cdef object _uuid_or_none(const uint8_t *raw):
 
 
 cdef inline double _ts(btrfs_ioctl_timespec t) noexcept:
-    return <double>t.sec + <double>t.nsec / 1e9
+    return <double><int64_t>t.sec + <double>t.nsec / 1e9
 
 
 cdef inline object _disk_ts_ns(const btrfs_timespec *t):
-    return <object>le64toh(t.sec) * 1000000000 + le32toh(t.nsec)
+    return <object><int64_t>le64toh(t.sec) * 1000000000 + le32toh(t.nsec)
 
 
 cdef btrfs_qgroup_inherit *_make_inherit(object qgroups, object max_referenced,
                                          object max_exclusive, size_t *size) except NULL:
     """A malloc'd qgroup_inherit: add to ``qgroups``, optionally with limits."""
-    cdef list ids = [int(q) for q in qgroups]
+    cdef list ids = [<uint64_t>q for q in qgroups]
     cdef size_t n = len(ids)
     cdef size_t i
+    # convert (and fail) before anything is allocated
+    cdef uint64_t rfer = max_referenced if max_referenced is not None else 0
+    cdef uint64_t excl = max_exclusive if max_exclusive is not None else 0
     size[0] = sizeof(btrfs_qgroup_inherit) + n * sizeof(uint64_t)
     cdef btrfs_qgroup_inherit *inh = <btrfs_qgroup_inherit *>malloc(size[0])
     if inh == NULL:
@@ -221,11 +230,11 @@ cdef btrfs_qgroup_inherit *_make_inherit(object qgroups, object max_referenced,
     if max_referenced is not None:
         inh.flags |= BTRFS_QGROUP_INHERIT_SET_LIMITS
         inh.lim.flags |= BTRFS_QGROUP_LIMIT_MAX_RFER
-        inh.lim.max_rfer = max_referenced
+        inh.lim.max_rfer = rfer
     if max_exclusive is not None:
         inh.flags |= BTRFS_QGROUP_INHERIT_SET_LIMITS
         inh.lim.flags |= BTRFS_QGROUP_LIMIT_MAX_EXCL
-        inh.lim.max_excl = max_exclusive
+        inh.lim.max_excl = excl
     return inh
 
 
@@ -432,7 +441,7 @@ cdef class SearchItem:
 
     def __repr__(self):
         return (f"SearchItem(objectid={self.objectid}, type={self.type}, offset={self.offset}, "
-                f"transid={self.transid}, len={len(self.data)})")
+                f"transid={self.transid}, len={len(self.data or b'')})")
 
     @property
     def key(self):
@@ -594,7 +603,7 @@ cdef inline const char *_need(bytes data, size_t size, str what) except NULL:
     return PyBytes_AS_STRING(data)
 
 
-def decode_inode_item(bytes data):
+def decode_inode_item(bytes data not None):
     """An INODE_ITEM (also the first part of a ROOT_ITEM)."""
     cdef const btrfs_inode_item *i = <const btrfs_inode_item *>_need(data, sizeof(btrfs_inode_item), "INODE_ITEM")
     return InodeItem(
@@ -605,11 +614,15 @@ def decode_inode_item(bytes data):
     )
 
 
-def decode_root_item(bytes data):
+def decode_root_item(bytes data not None):
     """A ROOT_ITEM of the root tree (key: subvolume id, ROOT_ITEM_KEY, 0 or snapshot transid)."""
     cdef size_t legacy = btrfs_legacy_root_item_size()
     cdef const btrfs_root_item *r = <const btrfs_root_item *>_need(data, legacy, "ROOT_ITEM")
-    cdef bint full = <size_t>PyBytes_GET_SIZE(data) >= sizeof(btrfs_root_item)
+    # The kernel trusts the fields after generation_v2 only while it equals
+    # generation: a kernel without them (before 3.x) rewrites the item
+    # without updating generation_v2.
+    cdef bint full = (<size_t>PyBytes_GET_SIZE(data) >= sizeof(btrfs_root_item)
+                      and r.generation_v2 == r.generation)
     return RootItem(
         le64toh(r.generation), le64toh(r.root_dirid), le64toh(r.bytenr), le64toh(r.byte_limit),
         le64toh(r.bytes_used), le64toh(r.last_snapshot), le64toh(r.flags), le32toh(r.refs),
@@ -623,7 +636,7 @@ def decode_root_item(bytes data):
     )
 
 
-def decode_root_ref(bytes data):
+def decode_root_ref(bytes data not None):
     """A ROOT_REF (parent id, ROOT_REF_KEY, child id) or ROOT_BACKREF (child, ROOT_BACKREF_KEY, parent)."""
     cdef const btrfs_root_ref *r = <const btrfs_root_ref *>_need(data, sizeof(btrfs_root_ref), "ROOT_REF")
     cdef size_t n = le16toh(r.name_len)
@@ -632,7 +645,7 @@ def decode_root_ref(bytes data):
                    PyBytes_FromStringAndSize(<const char *>(r + 1), n))
 
 
-def decode_dir_items(bytes data):
+def decode_dir_items(bytes data not None):
     """The entries packed in one DIR_ITEM, DIR_INDEX or XATTR_ITEM (a DIR_ITEM
     holds several when names collide in the hash), as a list of DirItem."""
     cdef const char *p = PyBytes_AS_STRING(data)
@@ -659,27 +672,29 @@ def decode_dir_items(bytes data):
     return out
 
 
-def decode_qgroup_status(bytes data):
+def decode_qgroup_status(bytes data not None):
+    # Kernel 6.7 appended enable_gen (the generation simple quotas were turned
+    # on in) to the four fields before it; headers from 6.7 on declare it, so
+    # the sizes here are fixed rather than sizeof() of the installed struct.
     cdef const btrfs_qgroup_status_item *s = <const btrfs_qgroup_status_item *>_need(
-        data, sizeof(btrfs_qgroup_status_item), "QGROUP_STATUS")
+        data, 32, "QGROUP_STATUS")
     cdef object enable_gen = None
     cdef uint64_t raw
-    # Kernel 6.7 appended enable_gen (the generation simple quotas were turned on in).
-    if <size_t>PyBytes_GET_SIZE(data) >= sizeof(btrfs_qgroup_status_item) + 8:
-        memcpy(&raw, PyBytes_AS_STRING(data) + sizeof(btrfs_qgroup_status_item), 8)
+    if PyBytes_GET_SIZE(data) >= 40:
+        memcpy(&raw, PyBytes_AS_STRING(data) + 32, 8)
         enable_gen = le64toh(raw)
     return QgroupStatus(le64toh(s.version), le64toh(s.generation), le64toh(s.flags),
                         le64toh(s.rescan), enable_gen)
 
 
-def decode_qgroup_info(bytes data):
+def decode_qgroup_info(bytes data not None):
     cdef const btrfs_qgroup_info_item *i = <const btrfs_qgroup_info_item *>_need(
         data, sizeof(btrfs_qgroup_info_item), "QGROUP_INFO")
     return QgroupInfo(le64toh(i.generation), le64toh(i.rfer), le64toh(i.rfer_cmpr),
                       le64toh(i.excl), le64toh(i.excl_cmpr))
 
 
-def decode_qgroup_limit(bytes data):
+def decode_qgroup_limit(bytes data not None):
     cdef const btrfs_qgroup_limit_item *l = <const btrfs_qgroup_limit_item *>_need(
         data, sizeof(btrfs_qgroup_limit_item), "QGROUP_LIMIT")
     return QgroupLimit(le64toh(l.flags), le64toh(l.max_rfer), le64toh(l.max_excl),

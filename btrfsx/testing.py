@@ -95,35 +95,28 @@ def btrfs_session_fs(request, btrfs_available) -> Loopback:
 def remove_tree(path: str | os.PathLike) -> None:
     """Delete a directory tree that may hold subvolumes (read-only ones too)."""
     path = os.fspath(path)
-    for root, dirs, files in os.walk(path, topdown=False):
-        for name in files:
-            os.unlink(os.path.join(root, name))
-        for name in dirs:
-            full = os.path.join(root, name)
-            if os.path.islink(full):
-                os.unlink(full)
-            elif _ioctl.is_subvolume(full):
-                _destroy(root, name)
-            else:
-                os.rmdir(full)
     if _ioctl.is_subvolume(path):
-        _destroy(os.path.dirname(path), os.path.basename(path))
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            # a read-only subvolume's entries cannot be unlinked until it is writable
+            if _ioctl.get_subvolume_flags(fd) & _ioctl.SUBVOL_RDONLY:
+                _ioctl.set_subvolume_flags(fd, 0)
+        finally:
+            os.close(fd)
+    with os.scandir(path) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                remove_tree(entry.path)
+            else:
+                os.unlink(entry.path)
+    if _ioctl.is_subvolume(path):
+        parent = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            _ioctl.destroy_subvolume(parent, os.path.basename(path))
+        finally:
+            os.close(parent)
     else:
         os.rmdir(path)
-
-
-def _destroy(parent: str, name: str) -> None:
-    fd = os.open(os.path.join(parent, name), os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        if _ioctl.get_subvolume_flags(fd) & _ioctl.SUBVOL_RDONLY:
-            _ioctl.set_subvolume_flags(fd, 0)
-    finally:
-        os.close(fd)
-    dfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        _ioctl.destroy_subvolume(dfd, name)
-    finally:
-        os.close(dfd)
 
 
 @pytest.fixture

@@ -1,0 +1,5 @@
+import sys
+
+from btrfsx.cli import main
+
+sys.exit(main())
