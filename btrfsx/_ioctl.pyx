@@ -15,7 +15,7 @@ from collections import namedtuple
 
 cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
-from libc.errno cimport errno, EINTR, EOVERFLOW, ENOENT
+from libc.errno cimport errno, EINTR, EOVERFLOW, ENOENT, EEXIST
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset, memcpy
@@ -51,6 +51,23 @@ cdef extern from "<fcntl.h>" nogil:
 
 cdef extern from "<unistd.h>" nogil:
     int c_close "close"(int fd)
+
+cdef extern from "<stdio.h>" nogil:
+    enum:
+        RENAME_NOREPLACE
+        RENAME_EXCHANGE
+    int c_renameat2 "renameat2"(int olddirfd, const char *oldpath, int newdirfd,
+                                const char *newpath, unsigned int flags)
+
+cdef extern from "<sys/mount.h>" nogil:
+    enum:
+        _MS_BIND "MS_BIND"
+        _MS_REC "MS_REC"
+        _MS_PRIVATE "MS_PRIVATE"
+        _MNT_DETACH "MNT_DETACH"
+    int c_mount "mount"(const char *source, const char *target, const char *fstype,
+                        unsigned long flags, const void *data)
+    int c_umount2 "umount2"(const char *target, int flags)
 
 
 # ---------------------------------------------------------------- constants
@@ -89,6 +106,11 @@ QGROUP_STATUS_FLAG_ON = BTRFS_QGROUP_STATUS_FLAG_ON
 QGROUP_STATUS_FLAG_RESCAN = BTRFS_QGROUP_STATUS_FLAG_RESCAN
 QGROUP_STATUS_FLAG_INCONSISTENT = BTRFS_QGROUP_STATUS_FLAG_INCONSISTENT
 QGROUP_STATUS_FLAG_SIMPLE_MODE = BTRFS_QGROUP_STATUS_FLAG_SIMPLE_MODE
+
+MS_BIND = _MS_BIND
+MS_REC = _MS_REC
+MS_PRIVATE = _MS_PRIVATE
+MNT_DETACH = _MNT_DETACH
 
 SUBVOL_SYNC_WAIT_FOR_ONE = BTRFS_SUBVOL_SYNC_WAIT_FOR_ONE
 SUBVOL_SYNC_WAIT_FOR_QUEUED = BTRFS_SUBVOL_SYNC_WAIT_FOR_QUEUED
@@ -974,3 +996,63 @@ def is_subvolume(path_or_fd, *, int dir_fd=AT_FDCWD):
             _raise_fd(-ret, dir_fd, p)
         raise OSError(-ret, os.strerror(-ret), os.fsdecode(p))
     return result
+
+
+# ---------------------------------------------------------------- plain syscalls the layers above need
+
+def rename_noreplace(int old_dirfd, old, int new_dirfd, new):
+    """renameat2(RENAME_NOREPLACE): move ``old`` to ``new`` atomically, or
+    FileExistsError if ``new`` exists (rename(2) would replace an empty
+    directory).  Both names are single entries of their directories."""
+    cdef bytes a = _entry_name(old)
+    cdef bytes b = _entry_name(new)
+    cdef const char *ca = a
+    cdef const char *cb = b
+    cdef int ret, err = 0
+    with nogil:
+        ret = c_renameat2(old_dirfd, ca, new_dirfd, cb, RENAME_NOREPLACE)
+        if ret < 0:
+            err = errno
+    if ret < 0:
+        if err == EEXIST:
+            _raise_fd(err, new_dirfd, b)
+        _raise_fd(err, old_dirfd, a)
+
+
+def mount(source, target, fstype=None, unsigned long flags=0, data=None):
+    """mount(2)."""
+    cdef bytes s = _path_arg(source) if source is not None else None
+    cdef bytes t = _path_arg(target)
+    cdef bytes f = _path_arg(fstype) if fstype is not None else None
+    cdef bytes d = _path_arg(data) if data is not None else None
+    cdef const char *cs = NULL
+    cdef const char *ct = t
+    cdef const char *cf = NULL
+    cdef const char *cd = NULL
+    if s is not None:
+        cs = s
+    if f is not None:
+        cf = f
+    if d is not None:
+        cd = d
+    cdef int ret, err = 0
+    with nogil:
+        ret = c_mount(cs, ct, cf, flags, cd)
+        if ret < 0:
+            err = errno
+    if ret < 0:
+        raise OSError(err, os.strerror(err), os.fsdecode(t))
+
+
+def umount(target, int flags=0):
+    """umount2(2)."""
+    cdef bytes t = _path_arg(target)
+    cdef const char *ct = t
+    cdef int ret, err = 0
+    with nogil:
+        ret = c_umount2(ct, flags)
+        if ret < 0:
+            err = errno
+    if ret < 0:
+        raise OSError(err, os.strerror(err), os.fsdecode(t))
+

@@ -1,0 +1,356 @@
+"""The layer driver: the containers/storage btrfs graph driver's operations,
+composed from the store, subvolume and quota modules."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from btrfsx import __version__, _ioctl, quota, subvolume
+from btrfsx.errors import OptionError, PrerequisitesError
+from btrfsx.idmap import IDMap, root_pair
+from btrfsx.options import check_size, parse_driver_options, parse_storage_opt
+from btrfsx.quota import QuotaMode
+from btrfsx.store import GcReport, Store, check_layer_id
+
+log = logging.getLogger("btrfsx.driver")
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_SELINUX_XATTR = "security.selinux"
+
+
+@dataclass
+class CreateOpts:
+    """Options of a new layer: an SELinux label for its root, and storage
+    options (only ``size``)."""
+
+    mount_label: str = ""
+    storage_opt: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class MountOpts:
+    """Options of :meth:`Driver.get`; btrfs layers are plain directories, so
+    ``options`` may hold only ``ro`` (accepted and ignored)."""
+
+    mount_label: str = ""
+    options: Sequence[str] = ()
+
+
+def _btrfs_ancestor(path: str) -> str:
+    """``path``, or its nearest existing ancestor."""
+    while not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return path
+
+
+def _mkdir_all_as(path: str, mode: int, uid: int, gid: int) -> None:
+    """Make ``path`` and its missing parents with ``mode`` and owner (idtools.MkdirAllAs)."""
+    missing = []
+    while not os.path.isdir(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    for p in reversed(missing):
+        try:
+            os.mkdir(p, mode)
+        except FileExistsError:
+            continue
+        os.chmod(p, mode)
+        if (uid, gid) != (0, 0):
+            os.chown(p, uid, gid)
+
+
+class Driver:
+    """Layers as btrfs subvolumes under ``home``, as containers/storage keeps them.
+
+    >>> with Driver("/var/lib/containers/storage/btrfs") as d:
+    ...     d.create("base")
+    ...     d.create("child", "base", CreateOpts(storage_opt={"size": "1G"}))
+    ...     d.get("child")
+    '/var/lib/containers/storage/btrfs/subvolumes/child'
+    """
+
+    def __init__(self, home: str | os.PathLike, options: Iterable[str] = (),
+                 uid_maps: Sequence[IDMap] | None = None, gid_maps: Sequence[IDMap] | None = None):
+        self.home = os.path.abspath(os.fspath(home))
+        self.options = parse_driver_options(options)
+        self.uid_maps = list(uid_maps or ())
+        self.gid_maps = list(gid_maps or ())
+        self._root = root_pair(self.uid_maps, self.gid_maps)
+        probe = _btrfs_ancestor(self.home)
+        if _ioctl.fs_magic(probe) != _ioctl.SUPER_MAGIC:
+            raise PrerequisitesError(f"{self.home!r} is not on a btrfs filesystem"
+                                     + (f" (nearest existing directory: {probe!r})" if probe != self.home else ""))
+        _mkdir_all_as(self.home, 0o700, *self._root)
+        self._bind_mounted = self._make_private()
+        self._store = Store(self.home, self._root)
+        self._quota_mode: QuotaMode | None = None
+        if self.options.wants_quota:
+            self._ensure_quota()
+
+    # ------------------------------------------------------------ setup
+
+    def _make_private(self) -> bool:
+        """Make home a private mount point (bind-mounting it on itself when it
+        is not one), as mount.MakePrivate does; True when this bind-mounted it."""
+        bound = False
+        try:
+            if not os.path.ismount(self.home):
+                _ioctl.mount(self.home, self.home, None, _ioctl.MS_BIND)
+                bound = True
+            _ioctl.mount(None, self.home, None, _ioctl.MS_PRIVATE)
+        except PermissionError as e:
+            # Rootless: mounts need privileges the caller lacks; layers work without.
+            log.warning("cannot make %s a private mount point: %s", self.home, e)
+        return bound
+
+    def _ensure_quota(self) -> QuotaMode:
+        if self._quota_mode is None or self._quota_mode is QuotaMode.OFF:
+            self._quota_mode = quota.enable(self._store.home_fd, self.options.quota_mode)
+        return self._quota_mode
+
+    def _quota_on(self) -> bool:
+        if self._quota_mode is None:
+            try:
+                self._quota_mode = quota.mode(self._store.home_fd)
+            except PermissionError:
+                self._quota_mode = QuotaMode.OFF
+        return self._quota_mode is not QuotaMode.OFF
+
+    # ------------------------------------------------------------ the driver API
+
+    def __str__(self) -> str:
+        return "btrfs"
+
+    def __repr__(self) -> str:
+        return f"Driver(home={self.home!r})"
+
+    def create(self, id: str, parent: str | None = None, opts: CreateOpts | None = None) -> None:
+        """Make layer ``id``: an empty subvolume (root mode 0555), or a
+        snapshot of layer ``parent``.  Published atomically under its id."""
+        self._create(id, parent, opts, read_write=False)
+
+    def create_read_write(self, id: str, parent: str | None = None, opts: CreateOpts | None = None) -> None:
+        """:meth:`create`, with ``btrfs.size`` as the size when ``opts`` gives none."""
+        self._create(id, parent, opts, read_write=True)
+
+    def create_from_template(self, id: str, template: str, template_id_mappings=None,
+                             parent: str | None = None, parent_id_mappings=None,
+                             opts: CreateOpts | None = None, read_write: bool = False) -> None:
+        """A layer with the contents of layer ``template`` (a snapshot of it)."""
+        self._create(id, template, opts, read_write=read_write)
+
+    def _create(self, layer_id: str, parent: str | None, opts: CreateOpts | None, read_write: bool) -> None:
+        check_layer_id(layer_id)
+        if parent:
+            check_layer_id(parent)
+        opts = opts or CreateOpts()
+        size = parse_storage_opt(opts.storage_opt)
+        if size is None and read_write and self.options.default_size:
+            size = self.options.default_size
+        mode = None
+        if size is not None:
+            check_size(size, self.options.min_space)
+            mode = self._ensure_quota()
+        store = self._store
+        with store.lock(layer_id):
+            has_quotas = store.has_quotas_dir()
+            if has_quotas or size is not None:
+                # the quota file is about to change: the id must be free
+                try:
+                    os.stat(layer_id, dir_fd=store.subvolumes_fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    pass
+                else:
+                    raise FileExistsError(errno.EEXIST, f"layer {layer_id!r} already exists",
+                                          store.layer_path(layer_id))
+            sfd = store.staging_fd()
+            if parent:
+                try:
+                    pfd = os.open(parent, _DIR_FLAGS, dir_fd=store.subvolumes_fd)
+                except OSError as e:
+                    raise type(e)(e.errno, f"parent layer {parent!r}: {e.strerror}",
+                                  store.layer_path(parent)) from None
+                try:
+                    # Simple quotas apply a limit passed with the snapshot; full
+                    # qgroups copy the parent's limits over it (Linux 6.18), so
+                    # there the limit is set afterwards.
+                    inherit = size if size is not None and mode is QuotaMode.SIMPLE else None
+                    _ioctl.snapshot(pfd, sfd, layer_id, max_referenced=inherit)
+                finally:
+                    os.close(pfd)
+                explicit_limit = size is not None and inherit is None
+            else:
+                _ioctl.create_subvolume(sfd, layer_id, max_referenced=size)
+                explicit_limit = False
+            wrote_quota = False
+            try:
+                if not parent:
+                    # The root's mode would otherwise follow the caller's umask.
+                    os.chmod(layer_id, 0o555, dir_fd=sfd)
+                if explicit_limit:
+                    lfd = os.open(layer_id, _DIR_FLAGS, dir_fd=sfd)
+                    try:
+                        _ioctl.qgroup_limit(lfd, 0, max_referenced=size)
+                    finally:
+                        os.close(lfd)
+                if self._root != (0, 0):
+                    os.chown(layer_id, *self._root, dir_fd=sfd, follow_symlinks=False)
+                if opts.mount_label:
+                    self._relabel(sfd, layer_id, opts.mount_label)
+                if size is not None:
+                    store.write_quota(layer_id, size)
+                    wrote_quota = True
+                elif has_quotas:
+                    store.remove_quota(layer_id)  # a stale one from an interrupted remove
+                store.publish(sfd, layer_id, layer_id)
+            except BaseException:
+                if wrote_quota:
+                    store.remove_quota(layer_id)
+                _ioctl.destroy_subvolume(sfd, layer_id)
+                raise
+
+    def _relabel(self, dirfd: int, layer_id: str, label: str) -> None:
+        fd = os.open(layer_id, _DIR_FLAGS, dir_fd=dirfd)
+        try:
+            os.setxattr(fd, _SELINUX_XATTR, label.encode() + b"\0")
+        except OSError as e:
+            raise OSError(e.errno, f"cannot set SELinux label {label!r} on layer {layer_id!r}: {e.strerror}",
+                          self._store.layer_path(layer_id)) from None
+        finally:
+            os.close(fd)
+
+    def remove(self, id: str) -> None:
+        """Delete layer ``id``, every subvolume nested in it, and its quota file.
+
+        Nested subvolumes are found from btrfs's metadata, not by walking the
+        layer.  Its qgroup is not destroyed here (the kernel refuses while
+        the subvolume is being dropped); kernels from 6.11 remove it when the
+        cleaner is done, :meth:`gc` does on older ones.
+        """
+        check_layer_id(id)
+        store = self._store
+        path = store.layer_path(id)
+        with store.lock(id):
+            try:
+                subvolume.destroy(store.subvolumes_fd, id, path=store.subvolumes_path)
+            except FileNotFoundError:
+                raise FileNotFoundError(errno.ENOENT, f"layer {id!r} does not exist", path) from None
+            except PermissionError:
+                if self._quota_on():
+                    raise
+                # Unprivileged callers cannot SNAP_DESTROY; rmdir removes an
+                # empty subvolume since Linux 4.18.
+                subvolume.remove_tree(path)
+            except OSError as e:
+                if e.errno == errno.EINVAL and not _ioctl.is_subvolume(id, dir_fd=store.subvolumes_fd):
+                    raise OSError(errno.EINVAL, f"layer {id!r} is not a btrfs subvolume", path) from None
+                raise
+            store.remove_quota(id)
+
+    def get(self, id: str, options: MountOpts | None = None) -> str:
+        """The directory of layer ``id``; re-applies its size limit when it has one."""
+        check_layer_id(id)
+        store = self._store
+        path = store.layer_path(id)
+        if options is not None:
+            unsupported = [o for o in options.options if o != "ro"]
+            if unsupported:
+                raise OptionError("btrfs driver does not support mount options")
+        try:
+            st = os.stat(id, dir_fd=store.subvolumes_fd)
+        except FileNotFoundError:
+            raise FileNotFoundError(errno.ENOENT, f"layer {id!r} does not exist", path) from None
+        if not (st.st_mode & 0o170000) == 0o040000:
+            raise NotADirectoryError(errno.ENOTDIR, f"{path}: not a directory", path)
+        size = store.read_quota(id)
+        if size is not None and size >= self.options.min_space:
+            self._ensure_quota()
+            fd = os.open(id, _DIR_FLAGS, dir_fd=store.subvolumes_fd)
+            try:
+                _ioctl.qgroup_limit(fd, 0, max_referenced=size)
+            finally:
+                os.close(fd)
+        return path
+
+    def put(self, id: str) -> None:
+        """Nothing to release: :meth:`get` mounts nothing."""
+
+    def exists(self, id: str) -> bool:
+        check_layer_id(id)
+        try:
+            os.stat(id, dir_fd=self._store.subvolumes_fd)
+            return True
+        except FileNotFoundError:
+            return False
+
+    def layers(self) -> list[str]:
+        """The ids of every layer, sorted."""
+        return sorted(self._store.list_layers())
+
+    def status(self) -> list[tuple[str, str]]:
+        """What a person debugging the store wants to know."""
+        fd = self._store.home_fd
+        try:
+            mode = str(quota.mode(fd))
+        except PermissionError:
+            mode = "unknown (reading the quota tree needs root)"
+        info = _ioctl.fs_info(fd)
+        return [
+            ("Driver", f"btrfsx {__version__}"),
+            ("Kernel Version", os.uname().release),
+            ("Home", self.home),
+            ("Filesystem UUID", str(info.fsid)),
+            ("Quota Mode", mode),
+            ("Min Space", str(self.options.min_space) if self.options.min_space else "none"),
+            ("Default Size", str(self.options.default_size) if self.options.default_size else "none"),
+            ("Layers", str(len(self._store.list_layers()))),
+        ]
+
+    def metadata(self, id: str) -> dict | None:
+        """None, as the original: btrfs layers carry no driver metadata."""
+        return None
+
+    def additional_image_stores(self) -> list[str]:
+        return []
+
+    def gc(self) -> GcReport:
+        """Reclaim what interrupted operations left behind (see :meth:`Store.gc`)."""
+        return self._store.gc()
+
+    def cleanup(self) -> None:
+        """Disable quotas and unmount home, as the original does; then close.
+
+        Only a bind mount this driver made is unmounted: a home that already
+        was a mount point (say, the filesystem itself) is left mounted.
+        """
+        if self._store._closed:
+            return
+        try:
+            if self._quota_on():
+                quota.disable(self._store.home_fd)
+                self._quota_mode = QuotaMode.OFF
+        finally:
+            self._store.close()
+            if self._bind_mounted:
+                try:
+                    _ioctl.umount(self.home)
+                except OSError as e:
+                    if e.errno != errno.EINVAL:
+                        raise
+                    log.info("%s was no longer mounted", self.home)
+                self._bind_mounted = False
+
+    close = cleanup
+
+    def __enter__(self) -> "Driver":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.cleanup()

@@ -1,0 +1,101 @@
+"""Quota policy over the ioctl layer: which mode is on, turning it on, and
+qgroups left behind by removed subvolumes."""
+
+from __future__ import annotations
+
+import errno
+import enum
+import logging
+
+from btrfsx import _ioctl
+
+log = logging.getLogger("btrfsx.quota")
+
+
+class QuotaMode(str, enum.Enum):
+    OFF = "off"
+    QGROUP = "qgroups"
+    SIMPLE = "simple"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def mode(fd: int) -> QuotaMode:
+    """The quota mode of the filesystem ``fd`` is on."""
+    status = _ioctl.quota_status(fd)
+    if status is None or not status.flags & _ioctl.QGROUP_STATUS_FLAG_ON:
+        return QuotaMode.OFF
+    if status.flags & _ioctl.QGROUP_STATUS_FLAG_SIMPLE_MODE:
+        return QuotaMode.SIMPLE
+    return QuotaMode.QGROUP
+
+
+def enable(fd: int, prefer: str | None = None) -> QuotaMode:
+    """Turn quotas on unless they are; returns the mode in force.
+
+    A mode already on is kept whatever ``prefer`` says.  Otherwise ``prefer``
+    "qgroup" asks for full qgroups; anything else takes simple quotas where
+    the kernel has them (6.7+), whose cost does not grow with the number of
+    snapshots sharing extents, and full qgroups elsewhere.
+    """
+    current = mode(fd)
+    if current is not QuotaMode.OFF:
+        return current
+    if prefer != "qgroup":
+        try:
+            _ioctl.quota_enable(fd, simple=True)
+            return QuotaMode.SIMPLE
+        except OSError as e:
+            # kernels before 6.7 reject the unknown command with EINVAL
+            if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTTY):
+                raise
+            log.info("simple quotas unavailable (%s); using full qgroups", e)
+    _ioctl.quota_enable(fd)
+    # Enabling full qgroups starts a rescan; limits act on its results.
+    _ioctl.quota_rescan_wait(fd)
+    return QuotaMode.QGROUP
+
+
+def disable(fd: int) -> None:
+    if mode(fd) is not QuotaMode.OFF:
+        _ioctl.quota_disable(fd)
+
+
+def subvolume_ids(fd: int) -> set[int]:
+    """Ids of every subvolume with a root item (deleted ones the cleaner has
+    not dropped yet included)."""
+    return {item.objectid for item in _ioctl.TreeSearch(
+        fd, _ioctl.ROOT_TREE_OBJECTID, min_objectid=_ioctl.FIRST_FREE_OBJECTID,
+        max_objectid=_ioctl.LAST_FREE_OBJECTID, min_type=_ioctl.ROOT_ITEM_KEY,
+        max_type=_ioctl.ROOT_ITEM_KEY) if item.type == _ioctl.ROOT_ITEM_KEY}
+
+
+def stale_qgroups(fd: int) -> list[int]:
+    """Level-0 qgroups whose subvolume is gone.  Kernels from 6.11 remove
+    these themselves once the cleaner drops the subvolume; older ones keep
+    them forever."""
+    try:
+        qgroups = [item.offset for item in _ioctl.TreeSearch(
+            fd, _ioctl.QUOTA_TREE_OBJECTID, min_objectid=0, max_objectid=0,
+            min_type=_ioctl.QGROUP_INFO_KEY, max_type=_ioctl.QGROUP_INFO_KEY)
+            if item.type == _ioctl.QGROUP_INFO_KEY]
+    except FileNotFoundError:
+        return []  # quotas off
+    live = subvolume_ids(fd)
+    return [q for q in qgroups
+            if q >> _ioctl.QGROUP_LEVEL_SHIFT == 0 and q >= _ioctl.FIRST_FREE_OBJECTID and q not in live]
+
+
+def remove_stale_qgroups(fd: int) -> list[int]:
+    """Destroy the qgroups :func:`stale_qgroups` finds; returns those removed."""
+    removed = []
+    for qgroupid in stale_qgroups(fd):
+        try:
+            _ioctl.qgroup_destroy(fd, qgroupid)
+            removed.append(qgroupid)
+        except OSError as e:
+            # EBUSY: the subvolume is still being dropped; ENOENT: gone meanwhile
+            if e.errno not in (errno.EBUSY, errno.ENOENT):
+                raise
+    return removed

@@ -1,0 +1,284 @@
+"""The on-disk layout of a layer store, and what keeps it consistent.
+
+Layout, the same as containers/storage's btrfs driver writes it::
+
+    home/subvolumes/ID      the layer's subvolume
+    home/quotas/ID          its size limit in bytes, decimal, when it has one
+
+and btrfsx's own working state beside it, which the original ignores::
+
+    home/.btrfsx/staging/P-N/   one per thread of a live process: layers are
+                                made here under their id, then renamed into
+                                subvolumes/ (RENAME_NOREPLACE), so a layer is
+                                never visible half-made; the directory is
+                                flock'ed by its owner for as long as it lives
+    home/.btrfsx/locks/NN       per-id lock stripes (flock), so creators and
+                                removers of one id in several processes take
+                                turns; a dead holder's lock is released by the
+                                kernel
+
+Staging directories of their own also let threads snapshot in parallel: the
+kernel serialises snapshots into one directory on that directory's lock.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import itertools
+import os
+import threading
+import zlib
+from contextlib import contextmanager
+from typing import NamedTuple
+
+from btrfsx import _ioctl, quota, subvolume
+
+SUBVOLUMES = "subvolumes"
+QUOTAS = "quotas"
+STATE = ".btrfsx"
+LOCK_STRIPES = 64
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+def check_layer_id(layer_id: str) -> str:
+    """A layer id must be one directory entry; ValueError otherwise."""
+    if not isinstance(layer_id, str):
+        raise TypeError(f"layer id must be a str, not {type(layer_id).__name__}")
+    encoded = os.fsencode(layer_id)
+    if (not layer_id or layer_id in (".", "..") or "/" in layer_id or "\0" in layer_id
+            or len(encoded) > 255):
+        raise ValueError(f"invalid layer id {layer_id!r}: expected a single directory entry of "
+                         "1 to 255 bytes, not '.' or '..', without '/' or NUL")
+    return layer_id
+
+
+def _mkdir(path: str, mode: int, owner: tuple[int, int] | None) -> None:
+    try:
+        os.mkdir(path, mode)
+    except FileExistsError:
+        return
+    os.chmod(path, mode)  # not subject to the umask
+    if owner and owner != (0, 0):
+        os.chown(path, *owner)
+
+
+class GcReport(NamedTuple):
+    """What :meth:`Store.gc` removed."""
+
+    subvolumes: list[str]   #: leftovers of interrupted creates and removes (staging paths)
+    quota_files: list[str]  #: quota files of layers that do not exist
+    qgroups: list[str]      #: qgroups of subvolumes that are gone, as "0/N"
+
+    def __bool__(self) -> bool:
+        return bool(self.subvolumes or self.quota_files or self.qgroups)
+
+
+class Store:
+    """Directory fds, locks and staging of one home; no layer semantics."""
+
+    def __init__(self, home: str, owner: tuple[int, int] = (0, 0)):
+        self.home = home
+        self.owner = owner
+        self.subvolumes_path = os.path.join(home, SUBVOLUMES)
+        self.quotas_path = os.path.join(home, QUOTAS)
+        state = os.path.join(home, STATE)
+        _mkdir(self.subvolumes_path, 0o700, owner)
+        _mkdir(state, 0o700, None)
+        self.staging_path = os.path.join(state, "staging")
+        _mkdir(self.staging_path, 0o700, None)
+        locks = os.path.join(state, "locks")
+        _mkdir(locks, 0o700, None)
+        self.home_fd = os.open(home, _DIR_FLAGS)
+        self.subvolumes_fd = os.open(self.subvolumes_path, _DIR_FLAGS)
+        self.staging_root_fd = os.open(self.staging_path, _DIR_FLAGS)
+        self._locks_fd = os.open(locks, _DIR_FLAGS)
+        self._stripe_fds: list[int | None] = [None] * LOCK_STRIPES
+        self._stripe_locks = [threading.Lock() for _ in range(LOCK_STRIPES)]
+        self._local = threading.local()
+        self._staging: list[tuple[str, int]] = []
+        self._staging_lock = threading.Lock()
+        self._counter = itertools.count()
+        self._closed = False
+
+    # ------------------------------------------------------------ locks
+
+    @contextmanager
+    def lock(self, layer_id: str):
+        """Exclusive, across threads and processes, for one layer id (striped)."""
+        stripe = zlib.crc32(layer_id.encode("utf-8", "surrogateescape")) % LOCK_STRIPES
+        with self._stripe_locks[stripe]:
+            fd = self._stripe_fds[stripe]
+            if fd is None:
+                fd = os.open(f"{stripe:02d}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600,
+                             dir_fd=self._locks_fd)
+                self._stripe_fds[stripe] = fd
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
+    # ------------------------------------------------------------ staging and publishing
+
+    def staging_fd(self) -> int:
+        """This thread's staging directory (made, and locked, on first use)."""
+        fd = getattr(self._local, "fd", None)
+        if fd is not None:
+            return fd
+        name = f"{os.getpid()}-{next(self._counter)}"
+        os.mkdir(name, 0o700, dir_fd=self.staging_root_fd)
+        fd = os.open(name, _DIR_FLAGS, dir_fd=self.staging_root_fd)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # held until close: gc leaves live directories alone
+        self._local.fd = fd
+        self._local.path = os.path.join(self.staging_path, name)
+        with self._staging_lock:
+            self._staging.append((name, fd))
+        return fd
+
+    def staging_path_of(self, name: str) -> str:
+        self.staging_fd()
+        return os.path.join(self._local.path, name)
+
+    def publish(self, staging_fd: int, name: str, layer_id: str) -> None:
+        """Move a finished layer from staging to its id; FileExistsError if taken."""
+        try:
+            _ioctl.rename_noreplace(staging_fd, name, self.subvolumes_fd, layer_id)
+        except FileExistsError:
+            raise FileExistsError(errno.EEXIST, f"layer {layer_id!r} already exists",
+                                  self.layer_path(layer_id)) from None
+
+    def list_layers(self) -> list[str]:
+        # By path, not through the long-lived fd: btrfs fixes a directory
+        # fd's readdir end at open time and refreshes it only on a rewind
+        # (seen on Linux 6.18), so listing through a kept fd misses entries
+        # added since.
+        return os.listdir(self.subvolumes_path)
+
+    def layer_path(self, layer_id: str) -> str:
+        return os.path.join(self.subvolumes_path, layer_id)
+
+    # ------------------------------------------------------------ quota files
+
+    def has_quotas_dir(self) -> bool:
+        try:
+            os.stat(QUOTAS, dir_fd=self.home_fd)
+            return True
+        except FileNotFoundError:
+            return False
+
+    def read_quota(self, layer_id: str) -> int | None:
+        """The size in a layer's quota file, or None (no file, or not a number)."""
+        try:
+            with open(os.path.join(self.quotas_path, layer_id), "rb") as f:
+                text = f.read(64)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        # strconv.ParseUint in the original: digits only
+        return int(text) if text.isdigit() else None
+
+    def write_quota(self, layer_id: str, size: int) -> None:
+        """Write ``quotas/ID`` atomically (a temporary file renamed over it)."""
+        _mkdir(self.quotas_path, 0o700, self.owner)
+        final = os.path.join(self.quotas_path, layer_id)
+        tmp = os.path.join(self.quotas_path, f".{layer_id[:200]}.{os.getpid()}.{threading.get_ident()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, str(size).encode())
+        finally:
+            os.close(fd)
+        os.rename(tmp, final)
+
+    def remove_quota(self, layer_id: str) -> bool:
+        try:
+            os.unlink(os.path.join(self.quotas_path, layer_id))
+            return True
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+
+    # ------------------------------------------------------------ garbage collection
+
+    def gc(self) -> GcReport:
+        """Remove what interrupted operations left: staging directories of
+        processes that are gone (with the subvolumes in them), quota files of
+        layers that do not exist, and qgroups of subvolumes that are gone."""
+        subvolumes: list[str] = []
+        for name in sorted(os.listdir(self.staging_path)):
+            try:
+                fd = os.open(name, _DIR_FLAGS, dir_fd=self.staging_root_fd)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # its owner lives
+                path = os.path.join(self.staging_path, name)
+                for entry in sorted(os.listdir(fd)):
+                    if _ioctl.is_subvolume(entry, dir_fd=fd):
+                        _make_deletable(fd, entry, path)
+                        subvolume.destroy(fd, entry, path=path)
+                    else:
+                        subvolume.remove_tree(os.path.join(path, entry))
+                    subvolumes.append(os.path.join(path, entry))
+                os.rmdir(name, dir_fd=self.staging_root_fd)
+            finally:
+                os.close(fd)
+        quota_files: list[str] = []
+        if self.has_quotas_dir():
+            for name in sorted(os.listdir(self.quotas_path)):
+                if name.startswith(".") and name.endswith(".tmp"):
+                    pid = name.rsplit(".", 3)[-3] if name.count(".") >= 3 else ""
+                    if pid.isdigit() and not _pid_alive(int(pid)):
+                        os.unlink(os.path.join(self.quotas_path, name))
+                        quota_files.append(os.path.join(self.quotas_path, name))
+                    continue
+                with self.lock(name):
+                    try:
+                        os.stat(name, dir_fd=self.subvolumes_fd, follow_symlinks=False)
+                    except FileNotFoundError:
+                        if self.remove_quota(name):
+                            quota_files.append(os.path.join(self.quotas_path, name))
+        qgroups = [f"0/{q}" for q in quota.remove_stale_qgroups(self.home_fd)] if os.geteuid() == 0 else []
+        return GcReport(subvolumes, quota_files, qgroups)
+
+    # ------------------------------------------------------------ closing
+
+    def close(self) -> None:
+        """Close the fds and remove this process's (empty) staging directories."""
+        if self._closed:
+            return
+        self._closed = True
+        with self._staging_lock:
+            for name, fd in self._staging:
+                try:
+                    os.rmdir(name, dir_fd=self.staging_root_fd)
+                except OSError:
+                    pass  # not empty: a thread is mid-create; gc takes it later
+                os.close(fd)
+            self._staging.clear()
+        for fd in self._stripe_fds:
+            if fd is not None:
+                os.close(fd)
+        for fd in (self._locks_fd, self.staging_root_fd, self.subvolumes_fd, self.home_fd):
+            os.close(fd)
+        self._local = threading.local()
+
+
+def _make_deletable(dirfd: int, name: str, path: str) -> None:
+    fd = os.open(name, _DIR_FLAGS, dir_fd=dirfd)
+    try:
+        if _ioctl.get_subvolume_flags(fd) & _ioctl.SUBVOL_RDONLY:
+            _ioctl.set_subvolume_flags(fd, 0)
+    finally:
+        os.close(fd)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
