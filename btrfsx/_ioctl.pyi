@@ -49,6 +49,11 @@ QGROUP_STATUS_FLAG_RESCAN: Final[int]
 QGROUP_STATUS_FLAG_INCONSISTENT: Final[int]
 QGROUP_STATUS_FLAG_SIMPLE_MODE: Final[int]
 
+MS_BIND: Final[int]
+MS_REC: Final[int]
+MS_PRIVATE: Final[int]
+MNT_DETACH: Final[int]
+
 SUBVOL_SYNC_WAIT_FOR_ONE: Final[int]
 SUBVOL_SYNC_WAIT_FOR_QUEUED: Final[int]
 SUBVOL_SYNC_COUNT: Final[int]
@@ -363,3 +368,13 @@ def fs_magic(path_or_fd: int | _Path) -> int:
 
 def is_subvolume(path_or_fd: int | _Path, *, dir_fd: int = -100) -> bool:
     """Whether an fd or a path (relative to ``dir_fd``, default AT_FDCWD) is a subvolume root."""
+
+def rename_noreplace(old_dirfd: int, old: _Path, new_dirfd: int, new: _Path) -> None:
+    """renameat2(RENAME_NOREPLACE) of one directory entry to another; FileExistsError if taken."""
+
+def mount(source: _Path | None, target: _Path, fstype: _Path | None = None, flags: int = 0,
+          data: _Path | None = None) -> None:
+    """mount(2)."""
+
+def umount(target: _Path, flags: int = 0) -> None:
+    """umount2(2)."""

@@ -66,6 +66,27 @@ def _mkdir_all_as(path: str, mode: int, uid: int, gid: int) -> None:
             os.chown(p, uid, gid)
 
 
+def _unescape_mountinfo(field: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as \ooo
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and field[i + 1:i + 4].isdigit():
+            out.append(chr(int(field[i + 1:i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def is_mountpoint(path: str) -> bool:
+    """Whether something is mounted at ``path`` (a bind mount of a directory
+    on the same filesystem too, which ``os.path.ismount`` cannot see)."""
+    path = os.path.realpath(path)
+    with open("/proc/self/mountinfo") as f:
+        return any(_unescape_mountinfo(line.split(" ", 5)[4]) == path for line in f)
+
+
 class Driver:
     """Layers as btrfs subvolumes under ``home``, as containers/storage keeps them.
 
@@ -101,7 +122,7 @@ class Driver:
         is not one), as mount.MakePrivate does; True when this bind-mounted it."""
         bound = False
         try:
-            if not os.path.ismount(self.home):
+            if not is_mountpoint(self.home):
                 _ioctl.mount(self.home, self.home, None, _ioctl.MS_BIND)
                 bound = True
             _ioctl.mount(None, self.home, None, _ioctl.MS_PRIVATE)
@@ -190,9 +211,13 @@ class Driver:
                 _ioctl.create_subvolume(sfd, layer_id, max_referenced=size)
                 explicit_limit = False
             wrote_quota = False
+            # The root's mode would otherwise follow the caller's umask.  Moving
+            # a directory to another parent needs write permission on it (its
+            # ".." changes), which only root may skip: without that privilege
+            # the mode is set just after publishing instead.
+            privileged = os.geteuid() == 0
             try:
-                if not parent:
-                    # The root's mode would otherwise follow the caller's umask.
+                if not parent and privileged:
                     os.chmod(layer_id, 0o555, dir_fd=sfd)
                 if explicit_limit:
                     lfd = os.open(layer_id, _DIR_FLAGS, dir_fd=sfd)
@@ -213,8 +238,17 @@ class Driver:
             except BaseException:
                 if wrote_quota:
                     store.remove_quota(layer_id)
-                _ioctl.destroy_subvolume(sfd, layer_id)
+                self._discard(sfd, layer_id)
                 raise
+            if not parent and not privileged:
+                os.chmod(layer_id, 0o555, dir_fd=store.subvolumes_fd)
+
+    def _discard(self, dirfd: int, name: str) -> None:
+        """Delete a layer that failed to publish, with or without the privilege to destroy it."""
+        try:
+            _ioctl.destroy_subvolume(dirfd, name)
+        except PermissionError:
+            subvolume.remove_tree(os.path.join(os.readlink(f"/proc/self/fd/{dirfd}"), name))
 
     def _relabel(self, dirfd: int, layer_id: str, label: str) -> None:
         fd = os.open(layer_id, _DIR_FLAGS, dir_fd=dirfd)
