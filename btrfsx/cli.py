@@ -18,7 +18,7 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from btrfsx import __version__, _ioctl
+from btrfsx import CreateOpts, Driver, PrerequisitesError, __version__
 from btrfsx.loopback import Loopback, LoopbackError, unavailable_reason
 
 
@@ -30,47 +30,35 @@ def _timed(samples: dict[str, list[float]], op: str, fn, *args, **kwargs):
 
 
 def _walk(home: Path, layers: int, files: int, out) -> dict[str, list[float]]:
-    """A base layer of ``files`` files, a chain of ``layers`` snapshots each
-    adding a file, a read-only snapshot of the top, then removal of all."""
+    """A base layer of ``files`` files, a chain of ``layers`` layers each a
+    snapshot of the one below adding a file, a sized read-write layer on
+    top, then removal of all, through the Driver."""
     samples: dict[str, list[float]] = {}
-    work = Path(tempfile.mkdtemp(prefix="btrfsx-demo-", dir=home))
-    dfd = os.open(work, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        _timed(samples, "create", _ioctl.create_subvolume, dfd, "base")
-        base = work / "base"
+    store = home / "btrfsx-demo"
+    with Driver(store) as d:
+        _timed(samples, "create (base)", d.create, "base")
+        base = Path(d.get("base"))
+        os.chmod(base, 0o755)
         for i in range(files):
             (base / f"file{i:05d}").write_bytes(b"%d\n" % i)
         parent = "base"
         for n in range(layers):
             name = f"layer{n:03d}"
-            src = os.open(work / parent, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                _timed(samples, "snapshot", _ioctl.snapshot, src, dfd, name)
-            finally:
-                os.close(src)
-            (work / name / f"added-by-{name}").write_text(name)
+            _timed(samples, "create (snapshot)", d.create, name, parent)
+            (Path(d.get(name)) / f"added-by-{name}").write_text(name)
             parent = name
-        top = os.open(work / parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            _timed(samples, "snapshot (read-only)", _ioctl.snapshot, top, dfd, "top-ro", readonly=True)
-            info = _ioctl.get_subvolume_info(top)
-        finally:
-            os.close(top)
-        added = sorted(p.name for p in (work / "top-ro").iterdir() if p.name.startswith("added-by-"))
-        print(f"  top layer {parent} (subvolume {info.id}) holds {files} base files and "
-              f"{len(added)} added ones; parent uuid {info.parent_uuid}", file=out)
+        _timed(samples, "create (sized rw)", d.create_read_write, "container", parent,
+               CreateOpts(storage_opt={"size": "64M"}))
+        top = Path(d.get("container"))
+        added = sorted(p.name for p in top.iterdir() if p.name.startswith("added-by-"))
+        status = dict(d.status())
+        print(f"  layer 'container' holds {files} base files and {len(added)} added ones; "
+              f"{status['Layers']} layers, quota mode {status['Quota Mode']}", file=out)
         if len(added) != layers:
             raise RuntimeError(f"expected {layers} added files in the top layer, found {len(added)}")
-        ro = os.open(work / "top-ro", os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            _ioctl.set_subvolume_flags(ro, 0)
-        finally:
-            os.close(ro)
-        for name in ["top-ro"] + [f"layer{n:03d}" for n in reversed(range(layers))] + ["base"]:
-            _timed(samples, "destroy", _ioctl.destroy_subvolume, dfd, name)
-    finally:
-        os.close(dfd)
-        os.rmdir(work)
+        for name in ["container"] + [f"layer{n:03d}" for n in reversed(range(layers))] + ["base"]:
+            _timed(samples, "remove", d.remove, name)
+    shutil.rmtree(store)  # the layout left empty
     return samples
 
 
@@ -96,9 +84,6 @@ def cmd_demo(args) -> int:
         home = args.home or os.environ.get("BTRFSX_HOME")
         if home:
             home = Path(home)
-            if _ioctl.fs_magic(home) != _ioctl.SUPER_MAGIC:
-                print(f"btrfsx: {home} is not on a btrfs filesystem", file=sys.stderr)
-                return 2
             print(f"btrfsx {__version__}: demo on {home}", file=out)
         else:
             reason = unavailable_reason()
@@ -116,7 +101,11 @@ def cmd_demo(args) -> int:
             print(f"btrfsx {__version__}: demo on a loopback btrfs filesystem at {home} "
                   f"({fs.device}, image {fs.image}, removed afterwards)", file=out)
         t0 = time.perf_counter()
-        samples = _walk(home, args.layers, args.files, out)
+        try:
+            samples = _walk(home, args.layers, args.files, out)
+        except PrerequisitesError as e:
+            print(f"btrfsx: {e}", file=sys.stderr)
+            return 2
         elapsed = time.perf_counter() - t0
         cli = None
         if shutil.which("btrfs"):
@@ -128,8 +117,9 @@ def cmd_demo(args) -> int:
         for op, times in samples.items():
             med = statistics.median(times)
             line = f"  {op:<22}{len(times):>7}{med * 1e6:>13.0f} us"
-            if cli and op in cli:
-                cmed = statistics.median(cli[op])
+            cli_op = {"create (base)": "create", "remove": "destroy"}.get(op)
+            if cli and cli_op in cli:
+                cmed = statistics.median(cli[cli_op])
                 line += f"{cmed * 1e6:>16.0f} us{cmed / med:>8.0f}x"
             out.write(line + "\n")
         if not cli:
@@ -141,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="btrfsx", description="A fast btrfs layer store.")
     parser.add_argument("--version", action="version", version=f"btrfsx {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="create, snapshot and destroy layers, and time it")
+    demo = sub.add_parser("demo", help="create, snapshot, size and remove layers, and time it")
     demo.add_argument("--home", help="a directory on btrfs to work in (default: $BTRFSX_HOME, "
                                      "else a loopback filesystem made for the run)")
     demo.add_argument("--layers", type=int, default=50, help="snapshot layers to stack (default 50)")

@@ -16,7 +16,7 @@ def test_demo_on_its_own_loopback_filesystem(btrfs_available):
     assert proc.returncode == 0, proc.stderr
     assert "demo on a loopback btrfs filesystem" in proc.stdout
     assert "holds 40 base files and 7 added ones" in proc.stdout
-    assert "snapshot" in proc.stdout and "destroy" in proc.stdout
+    assert "create (snapshot)" in proc.stdout and "remove" in proc.stdout
     assert attached_images() == before  # its loop device is gone again
 
 
@@ -31,7 +31,7 @@ def test_demo_on_a_given_home(btrfs_dir):
 def test_demo_refuses_a_home_that_is_not_btrfs(non_btrfs_dir):
     proc = run("demo", "--home", str(non_btrfs_dir))
     assert proc.returncode == 2
-    assert f"{non_btrfs_dir} is not on a btrfs filesystem" in proc.stderr
+    assert "is not on a btrfs filesystem" in proc.stderr and str(non_btrfs_dir) in proc.stderr
 
 
 def test_version():

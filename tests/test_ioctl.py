@@ -720,3 +720,48 @@ def test_concurrent_creates_from_threads(btrfs_fs, fsfd):
     for t in range(4):
         assert len(os.listdir(root / f"t{t}")) == 50
         assert (root / f"t{t}" / "s24" / "f00099").read_bytes() == b"99"
+
+
+# ---------------------------------------------------------------- plain syscalls
+
+def test_rename_noreplace(btrfs_dir, dirfd):
+    (btrfs_dir / "stage").mkdir()
+    (btrfs_dir / "final").mkdir()
+    (btrfs_dir / "final" / "empty-dir").mkdir()
+    stage = opendir(btrfs_dir / "stage")
+    final = opendir(btrfs_dir / "final")
+    try:
+        io.create_subvolume(stage, "layer")
+        io.rename_noreplace(stage, "layer", final, "layer")
+        assert io.is_subvolume(btrfs_dir / "final" / "layer")
+        io.create_subvolume(stage, "layer")
+        with pytest.raises(FileExistsError) as exc:
+            io.rename_noreplace(stage, "layer", final, "layer")
+        assert exc.value.filename == str(btrfs_dir / "final" / "layer")
+        # rename(2) would replace an empty directory; this does not
+        with pytest.raises(FileExistsError):
+            io.rename_noreplace(stage, "layer", final, "empty-dir")
+        with pytest.raises(FileNotFoundError) as exc:
+            io.rename_noreplace(stage, "missing", final, "x")
+        assert exc.value.filename == str(btrfs_dir / "stage" / "missing")
+        with pytest.raises(ValueError):
+            io.rename_noreplace(stage, "layer", final, "../escape")
+    finally:
+        os.close(stage)
+        os.close(final)
+
+
+def test_bind_mount_and_umount(btrfs_dir):
+    target = btrfs_dir / "bound"
+    target.mkdir()
+    io.mount(str(target), str(target), None, io.MS_BIND)
+    try:
+        io.mount(None, str(target), None, io.MS_PRIVATE)
+        out = subprocess.run(["findmnt", "-no", "PROPAGATION", str(target)], capture_output=True, text=True)
+        assert out.stdout.strip() == "private"
+    finally:
+        io.umount(str(target))
+    with pytest.raises(OSError) as exc:
+        io.umount(str(target))  # no longer a mount point
+    assert exc.value.errno == errno.EINVAL
+    assert exc.value.filename == str(target)
