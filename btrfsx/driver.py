@@ -19,6 +19,10 @@ from btrfsx.store import GcReport, Store, check_layer_id
 log = logging.getLogger("btrfsx.driver")
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+def _privileged() -> bool:
+    return os.geteuid() == 0
 _SELINUX_XATTR = "security.selinux"
 
 
@@ -183,65 +187,74 @@ class Driver:
         with store.lock(layer_id):
             has_quotas = store.has_quotas_dir()
             if has_quotas or size is not None:
-                # the quota file is about to change: the id must be free
+                self._check_free(layer_id)  # its quota file is about to change
+            with store.staging() as sfd:
+                explicit_limit = self._make(sfd, layer_id, parent, size, mode)
+                wrote_quota = False
                 try:
-                    os.stat(layer_id, dir_fd=store.subvolumes_fd, follow_symlinks=False)
-                except FileNotFoundError:
-                    pass
-                else:
-                    raise FileExistsError(errno.EEXIST, f"layer {layer_id!r} already exists",
-                                          store.layer_path(layer_id))
-            sfd = store.staging_fd()
-            if parent:
-                try:
-                    pfd = os.open(parent, _DIR_FLAGS, dir_fd=store.subvolumes_fd)
-                except OSError as e:
-                    raise type(e)(e.errno, f"parent layer {parent!r}: {e.strerror}",
-                                  store.layer_path(parent)) from None
-                try:
-                    # Simple quotas apply a limit passed with the snapshot; full
-                    # qgroups copy the parent's limits over it (Linux 6.18), so
-                    # there the limit is set afterwards.
-                    inherit = size if size is not None and mode is QuotaMode.SIMPLE else None
-                    _ioctl.snapshot(pfd, sfd, layer_id, max_referenced=inherit)
-                finally:
-                    os.close(pfd)
-                explicit_limit = size is not None and inherit is None
-            else:
-                _ioctl.create_subvolume(sfd, layer_id, max_referenced=size)
-                explicit_limit = False
-            wrote_quota = False
-            # The root's mode would otherwise follow the caller's umask.  Moving
-            # a directory to another parent needs write permission on it (its
-            # ".." changes), which only root may skip: without that privilege
-            # the mode is set just after publishing instead.
-            privileged = os.geteuid() == 0
-            try:
-                if not parent and privileged:
-                    os.chmod(layer_id, 0o555, dir_fd=sfd)
-                if explicit_limit:
-                    lfd = os.open(layer_id, _DIR_FLAGS, dir_fd=sfd)
-                    try:
-                        _ioctl.qgroup_limit(lfd, 0, max_referenced=size)
-                    finally:
-                        os.close(lfd)
-                if self._root != (0, 0):
-                    os.chown(layer_id, *self._root, dir_fd=sfd, follow_symlinks=False)
-                if opts.mount_label:
-                    self._relabel(sfd, layer_id, opts.mount_label)
-                if size is not None:
-                    store.write_quota(layer_id, size)
-                    wrote_quota = True
-                elif has_quotas:
-                    store.remove_quota(layer_id)  # a stale one from an interrupted remove
-                store.publish(sfd, layer_id, layer_id)
-            except BaseException:
-                if wrote_quota:
-                    store.remove_quota(layer_id)
-                self._discard(sfd, layer_id)
-                raise
-            if not parent and not privileged:
+                    self._prepare(sfd, layer_id, parent, size if explicit_limit else None, opts)
+                    if size is not None:
+                        store.write_quota(layer_id, size)
+                        wrote_quota = True
+                    elif has_quotas:
+                        store.remove_quota(layer_id)  # a stale one from an interrupted remove
+                    store.publish(sfd, layer_id, layer_id)
+                except BaseException:
+                    if wrote_quota:
+                        store.remove_quota(layer_id)
+                    self._discard(sfd, layer_id)
+                    raise
+            if not parent and not _privileged():
                 os.chmod(layer_id, 0o555, dir_fd=store.subvolumes_fd)
+
+    def _check_free(self, layer_id: str) -> None:
+        try:
+            os.stat(layer_id, dir_fd=self._store.subvolumes_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        raise FileExistsError(errno.EEXIST, f"layer {layer_id!r} already exists",
+                              self._store.layer_path(layer_id))
+
+    def _make(self, sfd: int, layer_id: str, parent: str | None, size: int | None,
+              mode: QuotaMode | None) -> bool:
+        """The layer's subvolume, in staging; True when its size limit is still to be set."""
+        if not parent:
+            _ioctl.create_subvolume(sfd, layer_id, max_referenced=size)
+            return False
+        try:
+            pfd = os.open(parent, _DIR_FLAGS, dir_fd=self._store.subvolumes_fd)
+        except OSError as e:
+            raise type(e)(e.errno, f"parent layer {parent!r}: {e.strerror}",
+                          self._store.layer_path(parent)) from None
+        try:
+            # Simple quotas apply a limit passed with the snapshot; full qgroups
+            # copy the parent's limits over it (Linux 6.18), so there it is set
+            # afterwards.
+            inherit = size if mode is QuotaMode.SIMPLE else None
+            _ioctl.snapshot(pfd, sfd, layer_id, max_referenced=inherit)
+        finally:
+            os.close(pfd)
+        return size is not None and inherit is None
+
+    def _prepare(self, sfd: int, layer_id: str, parent: str | None, limit: int | None,
+                 opts: CreateOpts) -> None:
+        """Mode, limit, owner and label of a layer in staging, before it is published."""
+        # The root's mode would otherwise follow the caller's umask.  Moving a
+        # directory to another parent needs write permission on it (its ".."
+        # changes), which only root may skip: without that privilege the mode
+        # is set just after publishing instead.
+        if not parent and _privileged():
+            os.chmod(layer_id, 0o555, dir_fd=sfd)
+        if limit is not None:
+            lfd = os.open(layer_id, _DIR_FLAGS, dir_fd=sfd)
+            try:
+                _ioctl.qgroup_limit(lfd, 0, max_referenced=limit)
+            finally:
+                os.close(lfd)
+        if self._root != (0, 0):
+            os.chown(layer_id, *self._root, dir_fd=sfd, follow_symlinks=False)
+        if opts.mount_label:
+            self._relabel(sfd, layer_id, opts.mount_label)
 
     def _discard(self, dirfd: int, name: str) -> None:
         """Delete a layer that failed to publish, with or without the privilege to destroy it."""

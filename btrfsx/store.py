@@ -95,8 +95,8 @@ class Store:
         self._locks_fd = os.open(locks, _DIR_FLAGS)
         self._stripe_fds: list[int | None] = [None] * LOCK_STRIPES
         self._stripe_locks = [threading.Lock() for _ in range(LOCK_STRIPES)]
-        self._local = threading.local()
         self._staging: list[tuple[str, int]] = []
+        self._free_staging: list[int] = []
         self._staging_lock = threading.Lock()
         self._counter = itertools.count()
         self._closed = False
@@ -121,24 +121,32 @@ class Store:
 
     # ------------------------------------------------------------ staging and publishing
 
-    def staging_fd(self) -> int:
-        """This thread's staging directory (made, and locked, on first use)."""
-        fd = getattr(self._local, "fd", None)
-        if fd is not None:
-            return fd
+    @contextmanager
+    def staging(self):
+        """A staging directory fd of this operation's own for its duration.
+
+        Directories are pooled: as many exist as operations have ever run at
+        once, so threads do not share one (the kernel serialises snapshots
+        into a directory on its lock) and short-lived threads leak nothing.
+        """
+        with self._staging_lock:
+            fd = self._free_staging.pop() if self._free_staging else None
+        if fd is None:
+            fd = self._new_staging()
+        try:
+            yield fd
+        finally:
+            with self._staging_lock:
+                self._free_staging.append(fd)
+
+    def _new_staging(self) -> int:
         name = f"{os.getpid()}-{next(self._counter)}"
         os.mkdir(name, 0o700, dir_fd=self.staging_root_fd)
         fd = os.open(name, _DIR_FLAGS, dir_fd=self.staging_root_fd)
         fcntl.flock(fd, fcntl.LOCK_EX)  # held until close: gc leaves live directories alone
-        self._local.fd = fd
-        self._local.path = os.path.join(self.staging_path, name)
         with self._staging_lock:
             self._staging.append((name, fd))
         return fd
-
-    def staging_path_of(self, name: str) -> str:
-        self.staging_fd()
-        return os.path.join(self._local.path, name)
 
     def publish(self, staging_fd: int, name: str, layer_id: str) -> None:
         """Move a finished layer from staging to its id; FileExistsError if taken."""
@@ -257,12 +265,12 @@ class Store:
                     pass  # not empty: a thread is mid-create; gc takes it later
                 os.close(fd)
             self._staging.clear()
+            self._free_staging.clear()
         for fd in self._stripe_fds:
             if fd is not None:
                 os.close(fd)
         for fd in (self._locks_fd, self.staging_root_fd, self.subvolumes_fd, self.home_fd):
             os.close(fd)
-        self._local = threading.local()
 
 
 def _make_deletable(dirfd: int, name: str, path: str) -> None:
