@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from btrfsx import _ioctl
+from btrfsx.store import pid_alive
 
 __all__ = ["Loopback", "LoopbackError", "unavailable_reason", "sweep_stale", "IMAGE_PREFIX"]
 
@@ -68,16 +69,6 @@ def _attached() -> list[dict]:
     return json.loads(out).get("loopdevices", []) if out.strip() else []
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def sweep_stale() -> list[str]:
     """Unmount and detach loop devices left by btrfsx processes that died
     before tearing down (a SIGKILLed test run, say).  Returns what it freed."""
@@ -91,7 +82,7 @@ def sweep_stale() -> list[str]:
             pid = int(name[len(IMAGE_PREFIX):].split("-", 1)[0])
         except ValueError:
             continue
-        if _pid_alive(pid):
+        if pid_alive(pid):
             continue
         mounts = subprocess.run(["findmnt", "-rn", "-S", dev["name"], "-o", "TARGET"],
                                 capture_output=True, text=True).stdout.split("\n")
@@ -137,36 +128,31 @@ class Loopback:
         if image is None:
             _counter += 1
             image = image_dir / f"{IMAGE_PREFIX}{os.getpid()}-{_counter}.img"
-        image = Path(image)
-        mountpoint = Path(mountpoint)
-        owns_mountpoint = not mountpoint.exists()
-        mountpoint.mkdir(parents=True, exist_ok=True)
-        fs = cls(image, None, mountpoint, owns_image=True, owns_mountpoint=owns_mountpoint)
-        try:
+
+        def make_image():
             with open(image, "wb") as f:
                 f.truncate(size)
             # Formatting the file before attaching it keeps mkfs from probing a
             # block device that udev may be scanning at the same moment.
             _run("mkfs.btrfs", "-q", "-f", *mkfs_args, str(image))
-            fs.device = _run("losetup", "--find", "--show", str(image)).strip()
-            opts = ["-o", mount_options] if mount_options else []
-            _run("mount", "-t", "btrfs", *opts, fs.device, str(mountpoint))
-        except BaseException:
-            fs.close()
-            raise
-        return fs
+        return cls._mount(Path(image), Path(mountpoint), mount_options, owns_image=True, prepare=make_image)
 
     @classmethod
     def attach(cls, image: str | os.PathLike, mountpoint: str | os.PathLike, *,
                mount_options: str = "") -> "Loopback":
         """Attach and mount an existing image (kept on :meth:`close`, unlike
         one made by :meth:`create`; see :meth:`destroy`)."""
-        image = Path(image)
-        mountpoint = Path(mountpoint)
+        return cls._mount(Path(image), Path(mountpoint), mount_options, owns_image=False)
+
+    @classmethod
+    def _mount(cls, image: Path, mountpoint: Path, mount_options: str, owns_image: bool,
+               prepare=None) -> "Loopback":
         owns_mountpoint = not mountpoint.exists()
         mountpoint.mkdir(parents=True, exist_ok=True)
-        fs = cls(image, None, mountpoint, owns_image=False, owns_mountpoint=owns_mountpoint)
+        fs = cls(image, None, mountpoint, owns_image=owns_image, owns_mountpoint=owns_mountpoint)
         try:
+            if prepare:
+                prepare()
             fs.device = _run("losetup", "--find", "--show", str(image)).strip()
             opts = ["-o", mount_options] if mount_options else []
             _run("mount", "-t", "btrfs", *opts, fs.device, str(mountpoint))

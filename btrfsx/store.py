@@ -223,11 +223,7 @@ class Store:
                     continue  # its owner lives
                 path = os.path.join(self.staging_path, name)
                 for entry in sorted(os.listdir(fd)):
-                    if _ioctl.is_subvolume(entry, dir_fd=fd):
-                        _make_deletable(fd, entry, path)
-                        subvolume.destroy(fd, entry, path=path)
-                    else:
-                        subvolume.remove_tree(os.path.join(path, entry))
+                    subvolume.remove_tree(os.path.join(path, entry), destroy_subvolumes=True)
                     subvolumes.append(os.path.join(path, entry))
                 os.rmdir(name, dir_fd=self.staging_root_fd)
             finally:
@@ -237,7 +233,7 @@ class Store:
             for name in sorted(os.listdir(self.quotas_path)):
                 if name.startswith(".") and name.endswith(".tmp"):
                     pid = name.rsplit(".", 3)[-3] if name.count(".") >= 3 else ""
-                    if pid.isdigit() and not _pid_alive(int(pid)):
+                    if pid.isdigit() and not pid_alive(int(pid)):
                         os.unlink(os.path.join(self.quotas_path, name))
                         quota_files.append(os.path.join(self.quotas_path, name))
                     continue
@@ -273,16 +269,8 @@ class Store:
             os.close(fd)
 
 
-def _make_deletable(dirfd: int, name: str, path: str) -> None:
-    fd = os.open(name, _DIR_FLAGS, dir_fd=dirfd)
-    try:
-        if _ioctl.get_subvolume_flags(fd) & _ioctl.SUBVOL_RDONLY:
-            _ioctl.set_subvolume_flags(fd, 0)
-    finally:
-        os.close(fd)
-
-
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (it may belong to another user)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

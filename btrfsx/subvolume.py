@@ -96,14 +96,24 @@ def destroy(dirfd: int, name: str | bytes, *, path: str | bytes) -> int:
     return count
 
 
-def remove_tree(path: str | bytes) -> None:
+def remove_tree(path: str | bytes, *, destroy_subvolumes: bool = False) -> None:
     """Delete a tree file by file, as an unprivileged user can: ``rmdir``
-    removes an empty subvolume (kernel 4.18) where SNAP_DESTROY is refused."""
+    removes an empty subvolume (kernel 4.18) where SNAP_DESTROY is refused.
+    With ``destroy_subvolumes`` (root), subvolumes met on the way, ``path``
+    itself included, are destroyed whole instead."""
     path = os.fsencode(path)
+    if destroy_subvolumes and _ioctl.is_subvolume(path):
+        parent, name = os.path.split(path)
+        dfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            destroy(dfd, name, path=parent)
+        finally:
+            os.close(dfd)
+        return
     with os.scandir(path) as entries:
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
-                remove_tree(entry.path)
+                remove_tree(entry.path, destroy_subvolumes=destroy_subvolumes)
             else:
                 os.unlink(entry.path)
     os.rmdir(path)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from btrfsx import _ioctl
+from btrfsx import _ioctl, subvolume
 from btrfsx.loopback import Loopback, sweep_stale, unavailable_reason
 
 
@@ -92,33 +92,6 @@ def btrfs_session_fs(request, btrfs_available) -> Loopback:
         fs.close()
 
 
-def remove_tree(path: str | os.PathLike) -> None:
-    """Delete a directory tree that may hold subvolumes (read-only ones too)."""
-    path = os.fspath(path)
-    if _ioctl.is_subvolume(path):
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            # a read-only subvolume's entries cannot be unlinked until it is writable
-            if _ioctl.get_subvolume_flags(fd) & _ioctl.SUBVOL_RDONLY:
-                _ioctl.set_subvolume_flags(fd, 0)
-        finally:
-            os.close(fd)
-    with os.scandir(path) as entries:
-        for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
-                remove_tree(entry.path)
-            else:
-                os.unlink(entry.path)
-    if _ioctl.is_subvolume(path):
-        parent = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            _ioctl.destroy_subvolume(parent, os.path.basename(path))
-        finally:
-            os.close(parent)
-    else:
-        os.rmdir(path)
-
-
 @pytest.fixture
 def btrfs_dir(request, btrfs_session_fs) -> Path:
     """An empty directory of this test's own on the session's btrfs filesystem."""
@@ -127,7 +100,7 @@ def btrfs_dir(request, btrfs_session_fs) -> Path:
         yield path
     finally:
         if path.exists():
-            remove_tree(path)
+            subvolume.remove_tree(path, destroy_subvolumes=True)
 
 
 @pytest.fixture
