@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -116,6 +117,8 @@ class Driver:
         self._bind_mounted = self._make_private()
         self._store = Store(self.home, self._root)
         self._quota_mode: QuotaMode | None = None
+        self._inflight = 0
+        self._inflight_lock = threading.Lock()
         if self.options.wants_quota:
             self._ensure_quota()
 
@@ -175,37 +178,94 @@ class Driver:
         check_layer_id(layer_id)
         if parent:
             check_layer_id(parent)
-        opts = opts or CreateOpts()
-        size = parse_storage_opt(opts.storage_opt)
+        size = parse_storage_opt(opts.storage_opt) if opts else None
         if size is None and read_write and self.options.default_size:
             size = self.options.default_size
         mode = None
         if size is not None:
             check_size(size, self.options.min_space)
             mode = self._ensure_quota()
+        label = opts.mount_label if opts else ""
         store = self._store
-        with store.lock(layer_id):
-            has_quotas = store.has_quotas_dir()
-            if has_quotas or size is not None:
+        quota_files = size is not None or store.has_quotas_dir()
+        # Only the quota file needs the id's lock: the subvolume itself is
+        # published with RENAME_NOREPLACE or made in place by the kernel.
+        stripe = store.lock_id(layer_id) if quota_files else None
+        try:
+            if quota_files:
                 self._check_free(layer_id)  # its quota file is about to change
-            with store.staging() as sfd:
-                explicit_limit = self._make(sfd, layer_id, parent, size, mode)
-                wrote_quota = False
-                try:
-                    self._prepare(sfd, layer_id, parent, size if explicit_limit else None, opts)
-                    if size is not None:
-                        store.write_quota(layer_id, size)
-                        wrote_quota = True
-                    elif has_quotas:
-                        store.remove_quota(layer_id)  # a stale one from an interrupted remove
-                    store.publish(sfd, layer_id, layer_id)
-                except BaseException:
-                    if wrote_quota:
-                        store.remove_quota(layer_id)
-                    self._discard(sfd, layer_id)
-                    raise
-            if not parent and not _privileged():
-                os.chmod(layer_id, 0o555, dir_fd=store.subvolumes_fd)
+            # A snapshot needing no mode, owner, label or later limit is
+            # complete the moment the kernel makes it, so it is made in place
+            # unless another create of this driver is in flight: those use
+            # staging directories of their own, where they run in parallel.
+            with self._inflight_lock:
+                in_place = (parent and not label and self._root == (0, 0) and self._inflight == 0
+                            and (size is None or mode is QuotaMode.SIMPLE))
+                self._inflight += 1
+            try:
+                if in_place:
+                    self._snapshot_in_place(layer_id, parent, size, quota_files)
+                else:
+                    self._create_staged(layer_id, parent, size, mode, label, quota_files)
+            finally:
+                with self._inflight_lock:
+                    self._inflight -= 1
+        finally:
+            if stripe is not None:
+                store.unlock_id(stripe)
+
+    def _snapshot_in_place(self, layer_id: str, parent: str, size: int | None, quota_files: bool) -> None:
+        store = self._store
+        if size is not None:
+            store.write_quota(layer_id, size)
+        elif quota_files:
+            store.remove_quota(layer_id)  # a stale one from an interrupted remove
+        try:
+            pfd = self._open_parent(parent)
+            try:
+                _ioctl.snapshot(pfd, store.subvolumes_fd, layer_id, max_referenced=size)
+            finally:
+                os.close(pfd)
+        except BaseException as e:
+            if size is not None:
+                store.remove_quota(layer_id)
+            if isinstance(e, FileExistsError):
+                raise FileExistsError(errno.EEXIST, f"layer {layer_id!r} already exists",
+                                      store.layer_path(layer_id)) from None
+            raise
+
+    def _create_staged(self, layer_id: str, parent: str | None, size: int | None,
+                       mode: QuotaMode | None, label: str, quota_files: bool) -> None:
+        """Make the layer in a staging directory, finish it there, then publish it."""
+        store = self._store
+        sfd = store.take_staging()
+        try:
+            explicit_limit = self._make(sfd, layer_id, parent, size, mode)
+            wrote_quota = False
+            try:
+                self._prepare(sfd, layer_id, parent, size if explicit_limit else None, label)
+                if size is not None:
+                    store.write_quota(layer_id, size)
+                    wrote_quota = True
+                elif quota_files:
+                    store.remove_quota(layer_id)  # a stale one from an interrupted remove
+                store.publish(sfd, layer_id, layer_id)
+            except BaseException:
+                if wrote_quota:
+                    store.remove_quota(layer_id)
+                self._discard(sfd, layer_id)
+                raise
+        finally:
+            store.give_staging(sfd)
+        if not parent and not _privileged():
+            os.chmod(layer_id, 0o555, dir_fd=store.subvolumes_fd)
+
+    def _open_parent(self, parent: str) -> int:
+        try:
+            return os.open(parent, _DIR_FLAGS, dir_fd=self._store.subvolumes_fd)
+        except OSError as e:
+            raise type(e)(e.errno, f"parent layer {parent!r}: {e.strerror}",
+                          self._store.layer_path(parent)) from None
 
     def _check_free(self, layer_id: str) -> None:
         try:
@@ -221,11 +281,7 @@ class Driver:
         if not parent:
             _ioctl.create_subvolume(sfd, layer_id, max_referenced=size)
             return False
-        try:
-            pfd = os.open(parent, _DIR_FLAGS, dir_fd=self._store.subvolumes_fd)
-        except OSError as e:
-            raise type(e)(e.errno, f"parent layer {parent!r}: {e.strerror}",
-                          self._store.layer_path(parent)) from None
+        pfd = self._open_parent(parent)
         try:
             # Simple quotas apply a limit passed with the snapshot; full qgroups
             # copy the parent's limits over it (Linux 6.18), so there it is set
@@ -237,7 +293,7 @@ class Driver:
         return size is not None and inherit is None
 
     def _prepare(self, sfd: int, layer_id: str, parent: str | None, limit: int | None,
-                 opts: CreateOpts) -> None:
+                 label: str) -> None:
         """Mode, limit, owner and label of a layer in staging, before it is published."""
         # The root's mode would otherwise follow the caller's umask.  Moving a
         # directory to another parent needs write permission on it (its ".."
@@ -253,8 +309,8 @@ class Driver:
                 os.close(lfd)
         if self._root != (0, 0):
             os.chown(layer_id, *self._root, dir_fd=sfd, follow_symlinks=False)
-        if opts.mount_label:
-            self._relabel(sfd, layer_id, opts.mount_label)
+        if label:
+            self._relabel(sfd, layer_id, label)
 
     def _discard(self, dirfd: int, name: str) -> None:
         """Delete a layer that failed to publish, with or without the privilege to destroy it."""
@@ -284,7 +340,8 @@ class Driver:
         check_layer_id(id)
         store = self._store
         path = store.layer_path(id)
-        with store.lock(id):
+        stripe = store.lock_id(id) if store.has_quotas_dir() else None
+        try:
             try:
                 subvolume.destroy(store.subvolumes_fd, id, path=store.subvolumes_path)
             except FileNotFoundError:
@@ -299,7 +356,11 @@ class Driver:
                 if e.errno == errno.EINVAL and not _ioctl.is_subvolume(id, dir_fd=store.subvolumes_fd):
                     raise OSError(errno.EINVAL, f"layer {id!r} is not a btrfs subvolume", path) from None
                 raise
-            store.remove_quota(id)
+            if stripe is not None:
+                store.remove_quota(id)
+        finally:
+            if stripe is not None:
+                store.unlock_id(stripe)
 
     def get(self, id: str, options: MountOpts | None = None) -> str:
         """The directory of layer ``id``; re-applies its size limit when it has one."""

@@ -103,41 +103,53 @@ class Store:
 
     # ------------------------------------------------------------ locks
 
-    @contextmanager
-    def lock(self, layer_id: str):
-        """Exclusive, across threads and processes, for one layer id (striped)."""
+    def lock_id(self, layer_id: str) -> int:
+        """Take the lock of one layer id, exclusive across threads and
+        processes (striped); returns what :meth:`unlock_id` takes."""
         stripe = zlib.crc32(layer_id.encode("utf-8", "surrogateescape")) % LOCK_STRIPES
-        with self._stripe_locks[stripe]:
+        self._stripe_locks[stripe].acquire()
+        try:
             fd = self._stripe_fds[stripe]
             if fd is None:
                 fd = os.open(f"{stripe:02d}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600,
                              dir_fd=self._locks_fd)
                 self._stripe_fds[stripe] = fd
             fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
+        except BaseException:
+            self._stripe_locks[stripe].release()
+            raise
+        return stripe
+
+    def unlock_id(self, stripe: int) -> None:
+        fcntl.flock(self._stripe_fds[stripe], fcntl.LOCK_UN)
+        self._stripe_locks[stripe].release()
+
+    @contextmanager
+    def lock(self, layer_id: str):
+        stripe = self.lock_id(layer_id)
+        try:
+            yield
+        finally:
+            self.unlock_id(stripe)
 
     # ------------------------------------------------------------ staging and publishing
 
-    @contextmanager
-    def staging(self):
-        """A staging directory fd of this operation's own for its duration.
+    def take_staging(self) -> int:
+        """A staging directory fd for one operation; give it back with :meth:`give_staging`.
 
         Directories are pooled: as many exist as operations have ever run at
-        once, so threads do not share one (the kernel serialises snapshots
-        into a directory on its lock) and short-lived threads leak nothing.
+        once, so concurrent creates do not share one (the kernel serialises
+        snapshots into a directory on its lock) and short-lived threads leak
+        nothing.
         """
         with self._staging_lock:
-            fd = self._free_staging.pop() if self._free_staging else None
-        if fd is None:
-            fd = self._new_staging()
-        try:
-            yield fd
-        finally:
-            with self._staging_lock:
-                self._free_staging.append(fd)
+            if self._free_staging:
+                return self._free_staging.pop()
+        return self._new_staging()
+
+    def give_staging(self, fd: int) -> None:
+        with self._staging_lock:
+            self._free_staging.append(fd)
 
     def _new_staging(self) -> int:
         name = f"{os.getpid()}-{next(self._counter)}"

@@ -460,14 +460,20 @@ def test_gc_leaves_a_live_processes_staging_alone(driver, home):
     assert [os.path.basename(p) for p in driver.gc().subvolumes] == ["in-flight"]
 
 
-def test_a_failed_create_leaves_nothing(driver, home, monkeypatch):
+@pytest.mark.parametrize("where", ["publish", "snapshot", "create_subvolume"])
+def test_a_failed_create_leaves_nothing(driver, home, monkeypatch, where):
+    """Staged creates fail at publish, in-place snapshots in the kernel call; neither leaves a trace."""
     driver.create("base")
 
     def fail(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr("btrfsx.store.Store.publish", fail)
+    if where == "publish":
+        monkeypatch.setattr("btrfsx.store.Store.publish", fail)
+    else:
+        monkeypatch.setattr(_ioctl, where, fail)
+    parent = "base" if where == "snapshot" else None  # an empty layer is always staged
     with pytest.raises(OSError, match="No space"):
-        driver.create("child", "base", CreateOpts(storage_opt={"size": "4M"}))
+        driver.create("child", parent, CreateOpts(storage_opt={"size": "4M"}))
     monkeypatch.undo()
     assert not driver.exists("child")
     assert not (home / "quotas" / "child").exists()
