@@ -1,0 +1,333 @@
+"""Benchmark helpers: the C floor (``floor.c``, compiled once per session),
+fresh loopback filesystems, fast layer building, the walk the original
+driver does, and a summary of every ratio to the C floor at the end of the
+run.
+
+The btrfs fixtures (``btrfs_fs``, ``btrfs_dir``, ``btrfs_available``) come
+from the ``btrfsx.testing`` plugin, loaded by pyproject's ``addopts``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from btrfsx import _ioctl
+from btrfsx.loopback import Loopback
+
+HERE = Path(__file__).resolve().parent
+FLOOR_SOURCE = HERE / "floor.c"
+IMAGE_DIR = "/var/tmp"
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+# ---------------------------------------------------------------- the C floor
+
+class Floor:
+    """Runs the compiled ``floor`` program; every method returns per-op
+    nanoseconds, as lists keyed by what was timed."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def run(self, *args: str | os.PathLike) -> dict[str, list[int]]:
+        argv = [os.fspath(self.path), *map(os.fspath, args)]
+        proc = subprocess.run(argv, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv[:4])}... failed (exit {proc.returncode}): {proc.stderr.strip()}")
+        samples: dict[str, list[int]] = defaultdict(list)
+        for line in proc.stdout.splitlines():
+            key, value = line.split()
+            samples[key].append(int(value))
+        return dict(samples)
+
+    def create(self, directory, n: int) -> dict[str, list[int]]:
+        """``{"create": [...], "destroy": [...]}``: n empty subvolumes made, then destroyed."""
+        return self.run("create", directory, str(n))
+
+    def snapshot(self, src, directory, n: int) -> list[int]:
+        """n snapshots of ``src`` into ``directory`` (destroyed afterwards, untimed)."""
+        return self.run("snapshot", src, directory, str(n))["snapshot"]
+
+    def remove(self, layers: Sequence[str | os.PathLike]) -> dict[str, list[int]]:
+        """``{"remove": [...], "find": [...], "nested": [...]}``, one per layer."""
+        return self.run("remove", *layers)
+
+    def threads(self, src, basedir, threads: int, n: int) -> int:
+        """Wall nanoseconds of ``threads`` threads making n snapshots each."""
+        return self.run("threads", src, basedir, str(threads), str(n))["threads"][0]
+
+
+@pytest.fixture(scope="session")
+def floor(tmp_path_factory) -> Floor:
+    """``floor.c`` built with the system ``cc -O2`` (skips when there is no compiler)."""
+    cc = os.environ.get("CC") or shutil.which("cc")
+    if cc is None or shutil.which(cc) is None:
+        pytest.skip("no C compiler (cc) to build the C floor benchmarks/floor.c: apt-get install gcc libc6-dev")
+    out = tmp_path_factory.mktemp("floor") / "floor"
+    proc = subprocess.run([cc, "-O2", "-pthread", "-o", str(out), str(FLOOR_SOURCE)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        if "No such file" in proc.stderr and ".h" in proc.stderr:
+            pytest.skip(f"cannot build the C floor, headers missing (apt-get install linux-libc-dev libc6-dev): "
+                        f"{proc.stderr.strip()}")
+        pytest.fail(f"{cc} -O2 {FLOOR_SOURCE} failed:\n{proc.stderr}", pytrace=False)
+    return Floor(out)
+
+
+# ---------------------------------------------------------------- statistics
+
+def median(samples) -> float:
+    return statistics.median(samples)
+
+
+def speedup(slow: float, fast: float) -> float:
+    return slow / fast if fast else math.inf
+
+
+def bench_median(benchmark) -> float | None:
+    """The median of a finished benchmark in seconds (None when benchmarks are disabled)."""
+    stats = getattr(benchmark, "stats", None)
+    if not stats:
+        return None
+    return stats["median"]
+
+
+def fmt_time(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds >= 1:
+        return f"{seconds:.3f} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.3f} ms"
+    return f"{seconds * 1e6:.1f} us"
+
+
+@dataclass
+class Row:
+    group: str
+    contender: str
+    median: float | None        # seconds
+    reference: str = ""         # what the ratio is against
+    reference_median: float | None = None
+    ratio: float | None = None
+    target: str = ""            # e.g. "<= 2.00x"
+    met: bool | None = None
+    note: str = ""
+
+
+RESULTS: list[Row] = []
+
+
+def record(benchmark, contender: str, *, reference: str = "", reference_s: float | None = None,
+           limit: float | None = None, higher_is_better: bool = False, value: float | None = None,
+           note: str = "", group: str | None = None) -> Row:
+    """Put the ratio of this benchmark's median to ``reference_s`` (a C floor
+    median, or another contender's) into ``benchmark.extra_info``, print it
+    and keep it for the summary at the end of the run.  ``value`` overrides
+    the ratio (a speed-up computed elsewhere).  Asserts nothing."""
+    med = bench_median(benchmark) if benchmark is not None else None
+    ratio = value
+    if ratio is None and med is not None and reference_s:
+        ratio = med / reference_s
+    met = None
+    target = ""
+    if limit is not None:
+        target = f"{'>=' if higher_is_better else '<='} {limit:.2f}x"
+        if ratio is not None:
+            met = ratio >= limit if higher_is_better else ratio <= limit
+    row = Row(group or (benchmark.group if benchmark is not None else ""), contender, med, reference,
+              reference_s, ratio, target, met, note)
+    if benchmark is not None:
+        info = benchmark.extra_info
+        if reference_s is not None:
+            info["reference"] = reference
+            info["reference_median_ns"] = round(reference_s * 1e9)
+        if ratio is not None:
+            info["ratio"] = round(ratio, 4)
+        if target:
+            info["target"] = target
+            info["target_met"] = met
+        if note:
+            info["note"] = note
+    RESULTS.append(row)
+    print(f"\n[{row.group}] {contender}: median {fmt_time(med)}"
+          + (f"; {reference} {fmt_time(reference_s)}" if reference_s is not None else "")
+          + (f"; ratio {ratio:.2f}x" if ratio is not None else "")
+          + (f" (target {target}: {'met' if met else 'NOT met'})" if target and met is not None else ""))
+    return row
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not RESULTS:
+        return
+    tr = terminalreporter
+    tr.section("btrfsx: ratios (medians, same run)")
+    header = ("group", "contender", "median", "reference", "ref median", "ratio", "target", "met")
+    rows = [header] + [(r.group, r.contender, fmt_time(r.median), r.reference, fmt_time(r.reference_median),
+                        "-" if r.ratio is None else f"{r.ratio:.2f}x", r.target or "-",
+                        "-" if r.met is None else ("yes" if r.met else "NO")) for r in RESULTS]
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]
+    for n, row in enumerate(rows):
+        tr.write_line("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+        if n == 0:
+            tr.write_line("  ".join("-" * w for w in widths))
+    notes = [r for r in RESULTS if r.note]
+    for r in notes:
+        tr.write_line(f"note [{r.group}] {r.contender}: {r.note}")
+
+
+# ---------------------------------------------------------------- filesystems
+
+@contextlib.contextmanager
+def fresh_fs(size: int = 1 << 30) -> Iterator[Loopback]:
+    """A fresh loopback btrfs filesystem, torn down (unmounted, detached,
+    image deleted) however the block ends."""
+    mountpoint = tempfile.mkdtemp(prefix="btrfsx-bench-")
+    fs = None
+    try:
+        fs = Loopback.create(IMAGE_DIR, mountpoint, size=size)
+        yield fs
+    finally:
+        try:
+            if fs is not None:
+                fs.close()
+        finally:
+            with contextlib.suppress(OSError):
+                os.rmdir(mountpoint)
+
+
+def settle(path_or_fd, timeout: float = 30.0) -> None:
+    """Commit, wait (up to ``timeout``) for the cleaner to drop deleted
+    subvolumes, and commit again, so one measurement does not pay for the
+    last one's deletes."""
+    fd = path_or_fd if isinstance(path_or_fd, int) else os.open(path_or_fd, _DIR_FLAGS)
+    try:
+        _ioctl.sync(fd)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                pending = _ioctl.subvolume_sync_wait(fd, 0, _ioctl.SUBVOL_SYNC_COUNT)
+            except OSError as e:
+                if e.errno in (errno.ENOTTY, errno.EINVAL, errno.EOPNOTSUPP):
+                    time.sleep(0.2)  # kernel < 6.13: nothing to wait on
+                    return
+                raise
+            if pending == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        # and commit what the cleaner dirtied: else the next operation that
+        # commits (a snapshot does) pays for writing it out
+        _ioctl.sync(fd)
+    finally:
+        if not isinstance(path_or_fd, int):
+            os.close(fd)
+
+
+# ---------------------------------------------------------------- layers
+
+PAYLOAD = b"#!/bin/sh\n# a small file, as most files in an image layer are\nexit 0\n"
+
+
+def build_layer(root: str | os.PathLike, nfiles: int, *, per_dir: int = 50, dirs_per_top: int = 25,
+                payload: bytes = PAYLOAD) -> int:
+    """Fill ``root`` with ``nfiles`` small files, ``per_dir`` to a directory,
+    directories two levels deep (``tNNN/dNN/fNNNN``).  About 20 us a file on
+    btrfs: 50,000 files in a second or two.  Returns how many directories."""
+    root_fd = os.open(root, _DIR_FLAGS)
+    ndirs = 0
+    try:
+        made = 0
+        i = 0
+        while made < nfiles:
+            top = f"t{i // dirs_per_top:03d}"
+            if i % dirs_per_top == 0:
+                os.mkdir(top, 0o755, dir_fd=root_fd)
+                ndirs += 1
+            sub = f"{top}/d{i % dirs_per_top:02d}"
+            os.mkdir(sub, 0o755, dir_fd=root_fd)
+            ndirs += 1
+            dfd = os.open(sub, _DIR_FLAGS, dir_fd=root_fd)
+            try:
+                for j in range(min(per_dir, nfiles - made)):
+                    fd = os.open(f"f{j:04d}", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644,
+                                 dir_fd=dfd)
+                    try:
+                        os.write(fd, payload)
+                    finally:
+                        os.close(fd)
+                made += min(per_dir, nfiles - made)
+            finally:
+                os.close(dfd)
+            i += 1
+    finally:
+        os.close(root_fd)
+    return ndirs
+
+
+#: Where :func:`add_nested` puts its subvolumes (the 4th inside the 3rd).
+NESTED_LAYOUT = ("usr/lib/n1", "usr/lib/n2", "var/n3", "var/n3/cache/n4", "opt/a/b/c/n5")
+
+
+def add_nested(root: str | os.PathLike, layout: Sequence[str] = NESTED_LAYOUT) -> list[str]:
+    """Make the subvolumes of ``layout`` inside ``root`` (directories as
+    needed, existing ones kept); returns their paths."""
+    made = []
+    for rel in layout:
+        parent, name = os.path.split(os.path.join(os.fspath(root), rel))
+        os.makedirs(parent, exist_ok=True)
+        fd = os.open(parent, _DIR_FLAGS)
+        try:
+            _ioctl.create_subvolume(fd, name)
+        finally:
+            os.close(fd)
+        made.append(os.path.join(parent, name))
+    return made
+
+
+def walk_nested(root: str | os.PathLike) -> list[str]:
+    """Nested subvolumes found as the original Go driver finds them: walk the
+    layer, lstat every directory below the root, inode 256 is a subvolume."""
+    found = []
+    for dirpath, dirnames, _ in os.walk(root):
+        for d in dirnames:
+            p = os.path.join(dirpath, d)
+            if os.lstat(p).st_ino == _ioctl.FIRST_FREE_OBJECTID:
+                found.append(p)
+    return found
+
+
+class Ids:
+    """Fresh layer ids: ``prefix-0``, ``prefix-1``, ..."""
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+        self.n = 0
+
+    def __call__(self) -> str:
+        self.n += 1
+        return f"{self.prefix}-{self.n - 1}"
+
+
+_SELF = sys.modules[__name__]
+
+
+@pytest.fixture(scope="session")
+def tools():
+    """This module, for the benchmarks: ``conftest`` is no importable name
+    when several conftest files are loaded in one run."""
+    return _SELF

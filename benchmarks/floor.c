@@ -1,0 +1,392 @@
+/*
+ * The "C floor": btrfs ioctls in a tight loop with cached directory fds, the
+ * least any implementation can spend.  Only <linux/btrfs.h>,
+ * <linux/btrfs_tree.h> and libc.  Built by benchmarks/conftest.py with
+ * `cc -O2 -pthread`.
+ *
+ * Output is machine-readable: one sample per line, "<what> <nanoseconds>".
+ *
+ *   floor create DIR N           N empty subvolumes made then destroyed:
+ *                                "create NS" x N, then "destroy NS" x N
+ *   floor snapshot SRC DIR N     N snapshots of subvolume SRC into DIR
+ *                                ("snapshot NS" x N), destroyed afterwards
+ *                                (not timed)
+ *   floor remove LAYER...        for each LAYER: open it, INO_LOOKUP its id,
+ *                                TREE_SEARCH_V2 its ROOT_REF items recursively,
+ *                                SNAP_DESTROY_V2 them by id deepest first, then
+ *                                SNAP_DESTROY the layer by name from its parent:
+ *                                "remove NS" (all of it), "find NS" (the open,
+ *                                lookup and searches), "nested COUNT"
+ *   floor threads SRC BASE T N   T threads, thread K snapshotting SRC N times
+ *                                into BASE/tK (made if missing): "threads NS"
+ *                                (wall time from the start barrier to the last
+ *                                join); everything destroyed afterwards
+ *
+ * Exit status 0 on success, 1 on a failed system call (with a message on
+ * stderr), 2 on bad usage.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <linux/btrfs.h>
+#include <linux/btrfs_tree.h>
+
+#ifndef BTRFS_IOC_SNAP_DESTROY_V2
+#define BTRFS_IOC_SNAP_DESTROY_V2 _IOW(BTRFS_IOCTL_MAGIC, 63, struct btrfs_ioctl_vol_args_v2)
+#endif
+#ifndef BTRFS_SUBVOL_SPEC_BY_ID
+#define BTRFS_SUBVOL_SPEC_BY_ID (1ULL << 4)
+#endif
+
+static inline int64_t now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static void die(const char *what, const char *arg)
+{
+	fprintf(stderr, "floor: %s %s: %s\n", what, arg ? arg : "", strerror(errno));
+	exit(1);
+}
+
+static int open_dir(const char *path)
+{
+	int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		die("open", path);
+	return fd;
+}
+
+static long parse_count(const char *s)
+{
+	char *end;
+	long n = strtol(s, &end, 10);
+	if (*s == '\0' || *end != '\0' || n < 0 || n > 10000000) {
+		fprintf(stderr, "floor: not a count: %s\n", s);
+		exit(2);
+	}
+	return n;
+}
+
+/* `dst` is zeroed and `size` bytes long: copy at most size - 1 of `name` */
+static void copy_name(char *dst, size_t size, const char *name)
+{
+	size_t len = strnlen(name, size - 1);
+	memcpy(dst, name, len);
+}
+
+static int subvol_create(int dirfd, const char *name)
+{
+	struct btrfs_ioctl_vol_args args;
+	memset(&args, 0, sizeof(args));
+	copy_name(args.name, sizeof(args.name), name);
+	return ioctl(dirfd, BTRFS_IOC_SUBVOL_CREATE, &args);
+}
+
+static int snap_destroy(int dirfd, const char *name)
+{
+	struct btrfs_ioctl_vol_args args;
+	memset(&args, 0, sizeof(args));
+	copy_name(args.name, sizeof(args.name), name);
+	return ioctl(dirfd, BTRFS_IOC_SNAP_DESTROY, &args);
+}
+
+static int snap_create(int srcfd, int dirfd, const char *name)
+{
+	struct btrfs_ioctl_vol_args_v2 args;
+	memset(&args, 0, sizeof(args));
+	args.fd = srcfd;
+	copy_name(args.name, sizeof(args.name), name);
+	return ioctl(dirfd, BTRFS_IOC_SNAP_CREATE_V2, &args);
+}
+
+/* ------------------------------------------------------------ create */
+
+static int cmd_create(const char *dir, long n)
+{
+	int dirfd = open_dir(dir);
+	char name[64];
+	int64_t *tc = calloc(n ? n : 1, sizeof(*tc)), *td = calloc(n ? n : 1, sizeof(*td));
+	for (long i = 0; i < n; i++) {
+		snprintf(name, sizeof(name), "floor-c%ld", i);
+		int64_t t0 = now_ns();
+		if (subvol_create(dirfd, name) < 0)
+			die("SUBVOL_CREATE", name);
+		tc[i] = now_ns() - t0;
+	}
+	for (long i = 0; i < n; i++) {
+		snprintf(name, sizeof(name), "floor-c%ld", i);
+		int64_t t0 = now_ns();
+		if (snap_destroy(dirfd, name) < 0)
+			die("SNAP_DESTROY", name);
+		td[i] = now_ns() - t0;
+	}
+	for (long i = 0; i < n; i++)
+		printf("create %lld\n", (long long)tc[i]);
+	for (long i = 0; i < n; i++)
+		printf("destroy %lld\n", (long long)td[i]);
+	free(tc);
+	free(td);
+	close(dirfd);
+	return 0;
+}
+
+/* ------------------------------------------------------------ snapshot */
+
+static int cmd_snapshot(const char *src, const char *dir, long n)
+{
+	int srcfd = open_dir(src), dirfd = open_dir(dir);
+	char name[64];
+	int64_t *ts = calloc(n ? n : 1, sizeof(*ts));
+	for (long i = 0; i < n; i++) {
+		snprintf(name, sizeof(name), "floor-s%ld", i);
+		int64_t t0 = now_ns();
+		if (snap_create(srcfd, dirfd, name) < 0)
+			die("SNAP_CREATE_V2", name);
+		ts[i] = now_ns() - t0;
+	}
+	for (long i = 0; i < n; i++) {
+		snprintf(name, sizeof(name), "floor-s%ld", i);
+		if (snap_destroy(dirfd, name) < 0)
+			die("SNAP_DESTROY", name);
+	}
+	for (long i = 0; i < n; i++)
+		printf("snapshot %lld\n", (long long)ts[i]);
+	free(ts);
+	close(srcfd);
+	close(dirfd);
+	return 0;
+}
+
+/* ------------------------------------------------------------ remove */
+
+struct idlist {
+	uint64_t *ids;
+	size_t len, cap;
+};
+
+static void push(struct idlist *l, uint64_t id)
+{
+	if (l->len == l->cap) {
+		l->cap = l->cap ? 2 * l->cap : 16;
+		l->ids = realloc(l->ids, l->cap * sizeof(*l->ids));
+		if (!l->ids)
+			die("realloc", NULL);
+	}
+	l->ids[l->len++] = id;
+}
+
+/* Append the subvolumes directly below `parent` (ROOT_REF items of the root
+ * tree keyed (parent, ROOT_REF, child)), then recurse into each: parents
+ * always come before their children in `out`. */
+static void find_nested(int fd, uint64_t parent, struct idlist *out)
+{
+	/* key + buf_size, then a 16 KiB item buffer */
+	static __thread union {
+		struct btrfs_ioctl_search_args_v2 args;
+		char bytes[sizeof(struct btrfs_ioctl_search_args_v2) + 16384];
+	} s;
+	struct btrfs_ioctl_search_key *sk = &s.args.key;
+	uint64_t min_offset = 0;
+	size_t first = out->len;
+
+	for (;;) {
+		memset(&s.args, 0, sizeof(s.args));
+		sk->tree_id = BTRFS_ROOT_TREE_OBJECTID;
+		sk->min_objectid = sk->max_objectid = parent;
+		sk->min_type = sk->max_type = BTRFS_ROOT_REF_KEY;
+		sk->min_offset = min_offset;
+		sk->max_offset = (uint64_t)-1;
+		sk->min_transid = 0;
+		sk->max_transid = (uint64_t)-1;
+		sk->nr_items = 4096;
+		s.args.buf_size = sizeof(s.bytes) - sizeof(s.args);
+		if (ioctl(fd, BTRFS_IOC_TREE_SEARCH_V2, &s.args) < 0)
+			die("TREE_SEARCH_V2", NULL);
+		if (sk->nr_items == 0)
+			break;
+		char *p = (char *)s.args.buf;
+		uint64_t last = 0;
+		for (uint32_t i = 0; i < sk->nr_items; i++) {
+			struct btrfs_ioctl_search_header *h = (struct btrfs_ioctl_search_header *)p;
+			if (h->objectid == parent && h->type == BTRFS_ROOT_REF_KEY)
+				push(out, h->offset);
+			last = h->offset;
+			p += sizeof(*h) + h->len;
+		}
+		if (last == (uint64_t)-1)
+			break;
+		min_offset = last + 1;
+	}
+	size_t end = out->len;
+	for (size_t i = first; i < end; i++)
+		find_nested(fd, out->ids[i], out);
+}
+
+static int remove_one(const char *layer)
+{
+	char parent[PATH_MAX], name[BTRFS_PATH_NAME_MAX + 1];
+	const char *slash = strrchr(layer, '/');
+	if (!slash || !slash[1] || strlen(slash + 1) > BTRFS_PATH_NAME_MAX ||
+	    (size_t)(slash - layer) >= sizeof(parent)) {
+		fprintf(stderr, "floor: remove needs an absolute path to a layer: %s\n", layer);
+		exit(2);
+	}
+	memcpy(parent, layer, slash - layer);
+	parent[slash == layer ? 1 : slash - layer] = '\0';
+	strcpy(name, slash + 1);
+	int pfd = open_dir(parent); /* cached: the store keeps its subvolumes fd */
+	struct idlist nested = {0};
+
+	int64_t t0 = now_ns();
+	int fd = openat(pfd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		die("open", layer);
+	struct btrfs_ioctl_ino_lookup_args look;
+	memset(&look, 0, sizeof(look));
+	look.objectid = BTRFS_FIRST_FREE_OBJECTID;
+	if (ioctl(fd, BTRFS_IOC_INO_LOOKUP, &look) < 0)
+		die("INO_LOOKUP", layer);
+	find_nested(fd, look.treeid, &nested);
+	int64_t t1 = now_ns();
+	for (size_t i = nested.len; i-- > 0;) {
+		struct btrfs_ioctl_vol_args_v2 args;
+		memset(&args, 0, sizeof(args));
+		args.flags = BTRFS_SUBVOL_SPEC_BY_ID;
+		args.subvolid = nested.ids[i];
+		if (ioctl(fd, BTRFS_IOC_SNAP_DESTROY_V2, &args) < 0)
+			die("SNAP_DESTROY_V2", layer);
+	}
+	close(fd);
+	if (snap_destroy(pfd, name) < 0)
+		die("SNAP_DESTROY", layer);
+	int64_t t2 = now_ns();
+
+	printf("remove %lld\nfind %lld\nnested %zu\n", (long long)(t2 - t0), (long long)(t1 - t0), nested.len);
+	free(nested.ids);
+	close(pfd);
+	return 0;
+}
+
+/* ------------------------------------------------------------ threads */
+
+struct worker {
+	pthread_t thread;
+	int srcfd, dirfd;
+	long n, k;
+	pthread_barrier_t *start;
+	int err;
+};
+
+static void *work(void *arg)
+{
+	struct worker *w = arg;
+	char name[64];
+	pthread_barrier_wait(w->start);
+	for (long i = 0; i < w->n; i++) {
+		snprintf(name, sizeof(name), "floor-t%ld-%ld", w->k, i);
+		if (snap_create(w->srcfd, w->dirfd, name) < 0) {
+			w->err = errno;
+			break;
+		}
+	}
+	return NULL;
+}
+
+static int cmd_threads(const char *src, const char *base, long t, long n)
+{
+	if (t < 1 || t > 256) {
+		fprintf(stderr, "floor: thread count out of range: %ld\n", t);
+		exit(2);
+	}
+	int basefd = open_dir(base);
+	struct worker *w = calloc(t, sizeof(*w));
+	pthread_barrier_t start;
+	pthread_barrier_init(&start, NULL, (unsigned)t + 1);
+	char dname[64], name[64];
+	for (long k = 0; k < t; k++) {
+		snprintf(dname, sizeof(dname), "t%ld", k);
+		if (mkdirat(basefd, dname, 0700) < 0 && errno != EEXIST)
+			die("mkdir", dname);
+		w[k].dirfd = openat(basefd, dname, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (w[k].dirfd < 0)
+			die("open", dname);
+		w[k].srcfd = open_dir(src); /* one each, as separate callers would have */
+		w[k].n = n;
+		w[k].k = k;
+		w[k].start = &start;
+		if ((errno = pthread_create(&w[k].thread, NULL, work, &w[k])) != 0)
+			die("pthread_create", NULL);
+	}
+	pthread_barrier_wait(&start);
+	int64_t t0 = now_ns();
+	for (long k = 0; k < t; k++)
+		pthread_join(w[k].thread, NULL);
+	int64_t wall = now_ns() - t0;
+	int failed = 0;
+	for (long k = 0; k < t; k++) {
+		if (w[k].err) {
+			errno = w[k].err;
+			fprintf(stderr, "floor: SNAP_CREATE_V2 in thread %ld: %s\n", k, strerror(errno));
+			failed = 1;
+		}
+		for (long i = 0; i < n; i++) {
+			snprintf(name, sizeof(name), "floor-t%ld-%ld", k, i);
+			if (snap_destroy(w[k].dirfd, name) < 0 && errno != ENOENT)
+				die("SNAP_DESTROY", name);
+		}
+		close(w[k].dirfd);
+		close(w[k].srcfd);
+		snprintf(dname, sizeof(dname), "t%ld", k);
+		unlinkat(basefd, dname, AT_REMOVEDIR); /* best effort */
+	}
+	pthread_barrier_destroy(&start);
+	free(w);
+	close(basefd);
+	if (failed)
+		return 1;
+	printf("threads %lld\n", (long long)wall);
+	return 0;
+}
+
+static void usage(void)
+{
+	fputs("usage: floor create DIR N\n"
+	      "       floor snapshot SRC DIR N\n"
+	      "       floor remove LAYERPATH...\n"
+	      "       floor threads SRC BASEDIR T N\n", stderr);
+	exit(2);
+}
+
+int main(int argc, char **argv)
+{
+	if (argc < 2)
+		usage();
+	const char *cmd = argv[1];
+	if (!strcmp(cmd, "create") && argc == 4)
+		return cmd_create(argv[2], parse_count(argv[3]));
+	if (!strcmp(cmd, "snapshot") && argc == 5)
+		return cmd_snapshot(argv[2], argv[3], parse_count(argv[4]));
+	if (!strcmp(cmd, "remove") && argc >= 3) {
+		for (int i = 2; i < argc; i++)
+			remove_one(argv[i]);
+		return 0;
+	}
+	if (!strcmp(cmd, "threads") && argc == 6)
+		return cmd_threads(argv[2], argv[3], parse_count(argv[4]), parse_count(argv[5]));
+	usage();
+	return 2;
+}
