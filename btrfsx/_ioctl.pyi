@@ -49,6 +49,12 @@ QGROUP_STATUS_FLAG_RESCAN: Final[int]
 QGROUP_STATUS_FLAG_INCONSISTENT: Final[int]
 QGROUP_STATUS_FLAG_SIMPLE_MODE: Final[int]
 
+RESOLVE_NO_XDEV: Final[int]
+RESOLVE_NO_MAGICLINKS: Final[int]
+RESOLVE_NO_SYMLINKS: Final[int]
+RESOLVE_BENEATH: Final[int]
+RESOLVE_IN_ROOT: Final[int]
+
 MS_BIND: Final[int]
 MS_REC: Final[int]
 MS_PRIVATE: Final[int]
@@ -378,3 +384,9 @@ def mount(source: _Path | None, target: _Path, fstype: _Path | None = None, flag
 
 def umount(target: _Path, flags: int = 0) -> None:
     """umount2(2)."""
+
+def openat2(dirfd: int, path: _Path, flags: int, mode: int = 0, resolve: int = 0) -> int:
+    """openat2(2) under RESOLVE_* restrictions; returns the new fd."""
+
+def rename_exchange(old_dirfd: int, old: _Path, new_dirfd: int, new: _Path) -> None:
+    """renameat2(RENAME_EXCHANGE): swap two existing entries atomically."""

@@ -59,6 +59,27 @@ cdef extern from "<stdio.h>" nogil:
     int c_renameat2 "renameat2"(int olddirfd, const char *oldpath, int newdirfd,
                                 const char *newpath, unsigned int flags)
 
+cdef extern from "<linux/openat2.h>" nogil:
+    struct open_how:
+        uint64_t flags
+        uint64_t mode
+        uint64_t resolve
+    enum:
+        _RESOLVE_NO_XDEV "RESOLVE_NO_XDEV"
+        _RESOLVE_NO_MAGICLINKS "RESOLVE_NO_MAGICLINKS"
+        _RESOLVE_NO_SYMLINKS "RESOLVE_NO_SYMLINKS"
+        _RESOLVE_BENEATH "RESOLVE_BENEATH"
+        _RESOLVE_IN_ROOT "RESOLVE_IN_ROOT"
+
+cdef extern from "<sys/syscall.h>" nogil:
+    long syscall(long number, ...)
+    enum:
+        SYS_openat2
+
+cdef extern from "<errno.h>" nogil:
+    enum:
+        EAGAIN
+
 cdef extern from "<sys/mount.h>" nogil:
     enum:
         _MS_BIND "MS_BIND"
@@ -106,6 +127,12 @@ QGROUP_STATUS_FLAG_ON = BTRFS_QGROUP_STATUS_FLAG_ON
 QGROUP_STATUS_FLAG_RESCAN = BTRFS_QGROUP_STATUS_FLAG_RESCAN
 QGROUP_STATUS_FLAG_INCONSISTENT = BTRFS_QGROUP_STATUS_FLAG_INCONSISTENT
 QGROUP_STATUS_FLAG_SIMPLE_MODE = BTRFS_QGROUP_STATUS_FLAG_SIMPLE_MODE
+
+RESOLVE_NO_XDEV = _RESOLVE_NO_XDEV
+RESOLVE_NO_MAGICLINKS = _RESOLVE_NO_MAGICLINKS
+RESOLVE_NO_SYMLINKS = _RESOLVE_NO_SYMLINKS
+RESOLVE_BENEATH = _RESOLVE_BENEATH
+RESOLVE_IN_ROOT = _RESOLVE_IN_ROOT
 
 MS_BIND = _MS_BIND
 MS_REC = _MS_REC
@@ -1019,6 +1046,21 @@ def rename_noreplace(int old_dirfd, old, int new_dirfd, new):
         _raise_fd(err, old_dirfd, a)
 
 
+def rename_exchange(int old_dirfd, old, int new_dirfd, new):
+    """renameat2(RENAME_EXCHANGE): swap two existing entries atomically."""
+    cdef bytes a = _entry_name(old)
+    cdef bytes b = _entry_name(new)
+    cdef const char *ca = a
+    cdef const char *cb = b
+    cdef int ret, err = 0
+    with nogil:
+        ret = c_renameat2(old_dirfd, ca, new_dirfd, cb, RENAME_EXCHANGE)
+        if ret < 0:
+            err = errno
+    if ret < 0:
+        _raise_fd(err, old_dirfd, a)
+
+
 def mount(source, target, fstype=None, unsigned long flags=0, data=None):
     """mount(2)."""
     cdef bytes s = _path_arg(source) if source is not None else None
@@ -1056,3 +1098,33 @@ def umount(target, int flags=0):
     if ret < 0:
         raise OSError(err, os.strerror(err), os.fsdecode(t))
 
+
+
+def openat2(int dirfd, path, int flags, int mode=0, uint64_t resolve=0):
+    """openat2(2) (Linux 5.6): open ``path`` relative to ``dirfd`` under the
+    ``RESOLVE_*`` restrictions; returns the new fd.  With RESOLVE_BENEATH a
+    path that would leave ``dirfd`` fails with EXDEV, with
+    RESOLVE_NO_SYMLINKS one through a symlink with ELOOP."""
+    cdef bytes p = _path_arg(path)
+    cdef const char *cp = p
+    cdef open_how how
+    cdef long ret
+    cdef int err = 0, attempts = 0
+    memset(&how, 0, sizeof(how))
+    how.flags = <uint64_t><unsigned int>flags
+    how.mode = mode
+    how.resolve = resolve
+    with nogil:
+        while True:
+            ret = syscall(SYS_openat2, dirfd, cp, &how, sizeof(how))
+            if ret >= 0:
+                break
+            err = errno
+            # EAGAIN: a rename or mount raced the resolution (RESOLVE_BENEATH/IN_ROOT)
+            if err == EINTR or (err == EAGAIN and attempts < 16):
+                attempts += 1
+                continue
+            break
+    if ret < 0:
+        _raise_fd(err, dirfd, os.fsdecode(p))
+    return <int>ret

@@ -8,9 +8,11 @@ import logging
 import os
 import threading
 from collections.abc import Iterable, Mapping, Sequence
+from typing import BinaryIO
 from dataclasses import dataclass, field
 
-from btrfsx import __version__, _ioctl, quota, subvolume
+from btrfsx import __version__, _ioctl, archive, quota, subvolume
+from btrfsx.archive import Change
 from btrfsx.errors import OptionError, PrerequisitesError
 from btrfsx.idmap import IDMap, root_pair
 from btrfsx.options import check_size, parse_driver_options, parse_storage_opt
@@ -420,6 +422,89 @@ class Driver:
             ("Default Size", str(self.options.default_size) if self.options.default_size else "none"),
             ("Layers", str(len(self._store.list_layers()))),
         ]
+
+    # ------------------------------------------------------------ diffs
+
+    def _layer_path(self, layer_id: str) -> str:
+        """The directory of an existing layer, or FileNotFoundError naming it."""
+        check_layer_id(layer_id)
+        path = self._store.layer_path(layer_id)
+        try:
+            os.stat(layer_id, dir_fd=self._store.subvolumes_fd)
+        except FileNotFoundError:
+            raise FileNotFoundError(errno.ENOENT, f"layer {layer_id!r} does not exist", path) from None
+        return path
+
+    def changes(self, id: str, parent: str | None = None) -> list[Change]:
+        """What layer ``id`` changed relative to layer ``parent`` (everything,
+        as additions, without one), sorted by path."""
+        layer = self._layer_path(id)
+        return archive.changes(layer, self._layer_path(parent) if parent else None)
+
+    def diff(self, id: str, parent: str | None = None) -> BinaryIO:
+        """Those changes as an uncompressed OCI layer tar stream, produced as it
+        is read; owners are translated to container ids.  Close it when done."""
+        found = self.changes(id, parent)
+        return archive.export_changes(self._store.layer_path(id), found, self.uid_maps, self.gid_maps)
+
+    def diff_size(self, id: str, parent: str | None = None) -> int:
+        """containers/storage's ChangesSize of those changes."""
+        return archive.changes_size(self._store.layer_path(id), self.changes(id, parent))
+
+    def apply_diff(self, id: str, parent: str | None, diff: BinaryIO) -> int:
+        """Apply a layer tarball (uncompressed, gzip or zstd) to layer ``id``;
+        returns the total size of its files.  All or nothing: on any error the
+        layer is put back as it was (from a snapshot taken first), keeping
+        its place in the lineage."""
+        layer = self._layer_path(id)
+        store = self._store
+        stripe = store.lock_id(id)
+        try:
+            sfd = store.take_staging()
+            try:
+                store.begin_apply(sfd, id)
+                try:
+                    size = archive.apply_layer(layer, diff, self.uid_maps, self.gid_maps)
+                except BaseException:
+                    store.abort_apply(sfd, os.readlink(f"/proc/self/fd/{sfd}"))
+                    raise
+                store.commit_apply(sfd)
+                return size
+            finally:
+                store.give_staging(sfd)
+        finally:
+            store.unlock_id(stripe)
+
+    def parent(self, id: str) -> str | None:
+        """The layer ``id`` was made from, from btrfs's parent UUID (so also for
+        layers another program made), or None."""
+        layer = self._layer_path(id)
+        lineage = self._store.lineage()
+        current = {replaces: uuid for uuid, (_, replaces) in lineage.items() if replaces}
+        fd = os.open(layer, _DIR_FLAGS)
+        try:
+            info = _ioctl.get_subvolume_info(fd)
+        finally:
+            os.close(fd)
+        uuid = str(info.uuid)
+        parent = lineage[uuid][0] if uuid in lineage else (str(info.parent_uuid) if info.parent_uuid else "")
+        while parent in current:
+            parent = current[parent]
+        if not parent:
+            return None
+        for other in self._store.list_layers():
+            try:
+                ofd = os.open(other, _DIR_FLAGS, dir_fd=self._store.subvolumes_fd)
+            except OSError:
+                continue
+            try:
+                if str(_ioctl.get_subvolume_info(ofd).uuid) == parent:
+                    return other
+            except OSError:
+                continue
+            finally:
+                os.close(ofd)
+        return None
 
     def metadata(self, id: str) -> dict | None:
         """None, as the original: btrfs layers carry no driver metadata."""

@@ -8,3 +8,12 @@ class PrerequisitesError(RuntimeError):
 
 class OptionError(ValueError):
     """A driver option or a layer's storage option is malformed, unknown or out of range."""
+
+
+class ArchiveError(ValueError):
+    """A layer tarball is malformed, truncated, or holds an entry that cannot be applied."""
+
+
+class UnsafeArchiveError(ArchiveError):
+    """A layer tarball entry would reach outside the layer (``..``, a symlinked
+    parent, a hard link to a path outside)."""

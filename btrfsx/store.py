@@ -16,6 +16,16 @@ and btrfsx's own working state beside it, which the original ignores::
                                 removers of one id in several processes take
                                 turns; a dead holder's lock is released by the
                                 kernel
+    home/.btrfsx/lineage/UUID   for a layer whose subvolume was swapped for a
+                                backup (a failed apply_diff): the parent UUID
+                                and the UUID it replaces, so the lineage btrfs
+                                records stays readable
+
+An apply_diff snapshots the layer into its staging directory as ``backup``
+and then writes the file ``applying`` there (the layer id and UUIDs).  If it
+fails, or its process dies, the backup is swapped back in with
+RENAME_EXCHANGE (by the caller, or by :meth:`Store.gc`); removing
+``applying`` is the commit point.
 
 Staging directories of their own also let threads snapshot in parallel: the
 kernel serialises snapshots into one directory on that directory's lock.
@@ -38,6 +48,8 @@ SUBVOLUMES = "subvolumes"
 QUOTAS = "quotas"
 STATE = ".btrfsx"
 LOCK_STRIPES = 64
+BACKUP = "backup"
+APPLYING = "applying"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
@@ -89,6 +101,7 @@ class Store:
         _mkdir(self.staging_path, 0o700, None)
         locks = os.path.join(state, "locks")
         _mkdir(locks, 0o700, None)
+        self.lineage_path = os.path.join(state, "lineage")
         self.home_fd = os.open(home, _DIR_FLAGS)
         self.subvolumes_fd = os.open(self.subvolumes_path, _DIR_FLAGS)
         self.staging_root_fd = os.open(self.staging_path, _DIR_FLAGS)
@@ -216,6 +229,89 @@ class Store:
         except (FileNotFoundError, NotADirectoryError):
             return False
 
+    # ------------------------------------------------------------ apply_diff's backup
+
+    def begin_apply(self, sfd: int, layer_id: str) -> None:
+        """Snapshot the layer as ``backup`` in staging ``sfd``, then mark the apply begun."""
+        lfd = os.open(layer_id, _DIR_FLAGS, dir_fd=self.subvolumes_fd)
+        try:
+            _ioctl.snapshot(lfd, sfd, BACKUP)
+            info = _ioctl.get_subvolume_info(lfd)
+        finally:
+            os.close(lfd)
+        bfd = os.open(BACKUP, _DIR_FLAGS, dir_fd=sfd)
+        try:
+            backup_uuid = _ioctl.get_subvolume_info(bfd).uuid
+        finally:
+            os.close(bfd)
+        mark = f"{layer_id}\n{backup_uuid}\n{info.uuid}\n{info.parent_uuid or ''}\n"
+        fd = os.open(APPLYING, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=sfd)
+        try:
+            os.write(fd, mark.encode("utf-8", "surrogateescape"))
+        finally:
+            os.close(fd)
+
+    def commit_apply(self, sfd: int) -> None:
+        os.unlink(APPLYING, dir_fd=sfd)
+        _ioctl.destroy_subvolume(sfd, BACKUP)
+
+    def abort_apply(self, sfd: int, staging_path: str) -> str:
+        """Put the backup back under the layer's id (atomically), keep the
+        lineage readable, and drop what the failed apply left; returns the id."""
+        with open(os.path.join(staging_path, APPLYING), "rb") as f:
+            layer_id, backup_uuid, layer_uuid, parent_uuid = f.read().decode("utf-8", "surrogateescape").split("\n")[:4]
+        try:
+            lfd = os.open(layer_id, _DIR_FLAGS, dir_fd=self.subvolumes_fd)
+        except FileNotFoundError:
+            lfd = None  # removed meanwhile: nothing to restore
+        if lfd is not None:
+            try:
+                current = str(_ioctl.get_subvolume_info(lfd).uuid)
+            finally:
+                os.close(lfd)
+            if current != backup_uuid:  # not swapped yet
+                self.record_lineage(backup_uuid, self.lineage().get(layer_uuid, (parent_uuid, ""))[0], layer_uuid)
+                _ioctl.rename_exchange(sfd, BACKUP, self.subvolumes_fd, layer_id)
+                size = self.read_quota(layer_id)
+                if size is not None:
+                    rfd = os.open(layer_id, _DIR_FLAGS, dir_fd=self.subvolumes_fd)
+                    try:
+                        _ioctl.qgroup_limit(rfd, 0, max_referenced=size)
+                    except OSError:
+                        pass  # quotas off now; get() re-applies the limit
+                    finally:
+                        os.close(rfd)
+        os.unlink(APPLYING, dir_fd=sfd)
+        subvolume.remove_tree(os.path.join(staging_path, BACKUP), destroy_subvolumes=True)
+        return layer_id
+
+    # ------------------------------------------------------------ lineage
+
+    def record_lineage(self, uuid: str, parent_uuid: str, replaces: str) -> None:
+        _mkdir(self.lineage_path, 0o700, None)
+        tmp = os.path.join(self.lineage_path, f".{uuid}.tmp")
+        with open(tmp, "w") as f:
+            f.write(f"{parent_uuid}\n{replaces}\n")
+        os.rename(tmp, os.path.join(self.lineage_path, uuid))
+
+    def lineage(self) -> dict[str, tuple[str, str]]:
+        """``{uuid: (parent uuid, replaced uuid)}`` of layers swapped for a backup."""
+        out = {}
+        try:
+            names = os.listdir(self.lineage_path)
+        except FileNotFoundError:
+            return out
+        for name in names:
+            if name.startswith("."):
+                continue
+            try:
+                with open(os.path.join(self.lineage_path, name)) as f:
+                    parent, replaces = (f.read().split("\n") + ["", ""])[:2]
+            except FileNotFoundError:
+                continue
+            out[name] = (parent, replaces)
+        return out
+
     # ------------------------------------------------------------ garbage collection
 
     def gc(self) -> GcReport:
@@ -234,6 +330,9 @@ class Store:
                 except BlockingIOError:
                     continue  # its owner lives
                 path = os.path.join(self.staging_path, name)
+                if os.path.exists(os.path.join(path, APPLYING)):
+                    restored = self.abort_apply(fd, path)
+                    subvolumes.append(os.path.join(path, BACKUP) + f" (apply_diff to {restored!r} undone)")
                 for entry in sorted(os.listdir(fd)):
                     subvolume.remove_tree(os.path.join(path, entry), destroy_subvolumes=True)
                     subvolumes.append(os.path.join(path, entry))

@@ -1,0 +1,361 @@
+"""Apply a layer tarball to a directory tree, safely (containers/storage's
+``ApplyUncompressedLayer``/``UnpackLayer`` semantics).
+
+Safety does not rest on string checks alone: every entry's parent directory
+is opened with ``openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`` from the
+layer root, and the entry itself is made, replaced or deleted relative to
+that directory fd without following a final symlink.  A path that would
+leave the layer, or pass through a symlink, fails in the kernel.
+"""
+
+from __future__ import annotations
+
+import decimal
+import errno
+import gzip
+import io
+import logging
+import os
+import stat
+import tarfile
+import zlib
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import BinaryIO
+
+from btrfsx import _ioctl
+from btrfsx.archive.export import WHITEOUT_PREFIX
+from btrfsx.errors import ArchiveError, UnsafeArchiveError
+from btrfsx.idmap import IDMap, to_host
+
+log = logging.getLogger("btrfsx.archive")
+
+OPAQUE = WHITEOUT_PREFIX + WHITEOUT_PREFIX + ".opq"
+_AUFS_META = WHITEOUT_PREFIX + WHITEOUT_PREFIX
+_BENEATH = (_ioctl.RESOLVE_BENEATH | _ioctl.RESOLVE_NO_SYMLINKS | _ioctl.RESOLVE_NO_MAGICLINKS
+            | _ioctl.RESOLVE_NO_XDEV)
+_PATH_DIR = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+_CHUNK = 1 << 20
+_GZIP_MAGIC = b"\x1f\x8b"
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+class _Prefixed(io.RawIOBase):
+    """``head`` then the rest of ``stream``: undoes the peek at the magic bytes."""
+
+    def __init__(self, head: bytes, stream: BinaryIO):
+        self._head = head
+        self._stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        if self._head:
+            n = min(len(b), len(self._head))
+            b[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        data = self._stream.read(len(b))
+        b[:len(data)] = data
+        return len(data)
+
+
+def decompressed(stream: BinaryIO) -> BinaryIO:
+    """The tar bytes of an uncompressed, gzip or zstd stream (told apart by
+    their first bytes)."""
+    head = b""
+    while len(head) < 4:
+        more = stream.read(4 - len(head))
+        if not more:
+            break
+        head += more
+    raw = io.BufferedReader(_Prefixed(head, stream), _CHUNK)
+    if head.startswith(_GZIP_MAGIC):
+        return gzip.GzipFile(fileobj=raw, mode="rb")
+    if head.startswith(_ZSTD_MAGIC):
+        import zstandard
+        return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+    return raw
+
+
+def _clean(name: str, what: str) -> str:
+    """A tar name as a path relative to the layer root, as Go's
+    filepath.Clean after dropping a leading '/'; UnsafeArchiveError if it
+    climbs above the root."""
+    if "\0" in name:
+        raise UnsafeArchiveError(f"{what} {name!r} contains a NUL byte")
+    parts: list[str] = []
+    for part in name.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not parts:
+                raise UnsafeArchiveError(f"{what} {name!r} leads outside the layer")
+            parts.pop()
+        else:
+            parts.append(part)
+    return "/".join(parts)
+
+
+def _mtime_ns(info: tarfile.TarInfo) -> int:
+    """The entry's mtime to the nanosecond where a PAX record carries it
+    (tarfile's own float loses the last digits)."""
+    text = info.pax_headers.get("mtime")
+    if text:
+        try:
+            return int(decimal.Decimal(text).scaleb(9).to_integral_value(rounding=decimal.ROUND_FLOOR))
+        except decimal.InvalidOperation:
+            pass
+    return int(info.mtime) * 1_000_000_000
+
+
+class _Applier:
+    def __init__(self, root_fd: int, uid_maps: Sequence[IDMap] | None, gid_maps: Sequence[IDMap] | None):
+        self.root_fd = root_fd
+        self.uid_maps = uid_maps
+        self.gid_maps = gid_maps
+        self.size = 0
+        self.unpacked: set[str] = set()
+        self.dirs: list[tuple[str, tarfile.TarInfo]] = []
+        self._fds: OrderedDict[str, int] = OrderedDict()  # open parent directories, LRU
+
+    # ------------------------------------------------------------ directories
+
+    def parent_fd(self, rel: str) -> int:
+        """An O_PATH fd of directory ``rel`` (relative to the root), resolved
+        beneath the root without following any symlink."""
+        if rel == "":
+            return self.root_fd
+        fd = self._fds.get(rel)
+        if fd is not None:
+            self._fds.move_to_end(rel)
+            return fd
+        try:
+            fd = _ioctl.openat2(self.root_fd, rel, _PATH_DIR, 0, _BENEATH)
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.EXDEV):
+                raise UnsafeArchiveError(f"{rel!r} passes through a symlink or leaves the layer") from None
+            if e.errno == errno.ENOTDIR:
+                raise ArchiveError(f"{rel!r} is not a directory in the layer") from None
+            if e.errno == errno.ENOENT:
+                # a parent the tar did not list: made as GNU tar does
+                up, _, base = rel.rpartition("/")
+                os.mkdir(base, 0o755, dir_fd=self.parent_fd(up))
+                return self.parent_fd(rel)
+            raise
+        self._fds[rel] = fd
+        if len(self._fds) > 64:
+            os.close(self._fds.popitem(last=False)[1])
+        return fd
+
+    def _forget(self, rel: str) -> None:
+        """Drop cached fds of ``rel`` and below: it is being removed or replaced."""
+        for key in [k for k in self._fds if k == rel or k.startswith(rel + "/")]:
+            os.close(self._fds.pop(key))
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    # ------------------------------------------------------------ removal
+
+    def remove(self, pfd: int, base: str, rel: str) -> None:
+        """Remove ``base`` of directory ``pfd`` and all below it, following nothing."""
+        try:
+            st = os.stat(base, dir_fd=pfd, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        self._forget(rel)
+        if stat.S_ISDIR(st.st_mode):
+            dfd = _ioctl.openat2(pfd, base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, 0, _BENEATH)
+            try:
+                for name in os.listdir(dfd):
+                    self.remove(dfd, name, f"{rel}/{name}")
+            finally:
+                os.close(dfd)
+            # an emptied nested subvolume goes with rmdir too (Linux 4.18)
+            os.rmdir(base, dir_fd=pfd)
+        else:
+            os.unlink(base, dir_fd=pfd)
+
+    # ------------------------------------------------------------ entries
+
+    def apply(self, info: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
+        rel = _clean(info.name, "entry")
+        parent, _, base = rel.rpartition("/")
+        if base.startswith(WHITEOUT_PREFIX):
+            self.whiteout(parent, base, info.name)
+            return
+        if rel == "":
+            if not info.isdir():
+                raise ArchiveError(f"entry {info.name!r} names the layer root but is not a directory")
+            self.dirs.append(("", info))
+            return
+        pfd = self.parent_fd(parent)
+        try:
+            existing = os.stat(base, dir_fd=pfd, follow_symlinks=False)
+        except FileNotFoundError:
+            existing = None
+        if existing is not None and not (info.isdir() and stat.S_ISDIR(existing.st_mode)):
+            self.remove(pfd, base, rel)
+            existing = None
+        if info.isreg():
+            self.regular(pfd, base, rel, info, tar)
+        elif info.isdir():
+            if existing is None:
+                os.mkdir(base, 0o700, dir_fd=pfd)
+            self.dirs.append((rel, info))
+        elif info.issym():
+            os.symlink(info.linkname, base, dir_fd=pfd)
+            self.metadata(pfd, base, info, symlink=True)
+        elif info.islnk():
+            target = _clean(info.linkname, "hard link target")
+            if not target:
+                raise UnsafeArchiveError(f"hard link {info.name!r} points at the layer root")
+            tparent, _, tbase = target.rpartition("/")
+            os.link(tbase, base, src_dir_fd=self.parent_fd(tparent), dst_dir_fd=pfd, follow_symlinks=False)
+        elif info.ischr() or info.isblk() or info.isfifo():
+            kind = stat.S_IFCHR if info.ischr() else stat.S_IFBLK if info.isblk() else stat.S_IFIFO
+            device = os.makedev(info.devmajor, info.devminor) if not info.isfifo() else 0
+            try:
+                os.mknod(base, kind | 0o600, device, dir_fd=pfd)
+            except PermissionError:
+                raise PermissionError(errno.EPERM, f"creating device node {info.name!r} needs root",
+                                      info.name) from None
+            self.metadata(pfd, base, info)
+        else:
+            raise ArchiveError(f"entry {info.name!r} has an unsupported tar type {info.type!r}")
+        self.unpacked.add(rel)
+
+    def regular(self, pfd: int, base: str, rel: str, info: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
+        fd = os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=pfd)
+        try:
+            src = tar.extractfile(info)
+            remaining = info.size
+            while remaining:
+                chunk = src.read(min(_CHUNK, remaining))
+                if not chunk:
+                    raise ArchiveError(f"tar stream ends inside {info.name!r}")
+                _write_all(fd, chunk)
+                remaining -= len(chunk)
+            self.size += info.size
+            self.metadata_fd(fd, info)
+        finally:
+            os.close(fd)
+
+    def whiteout(self, parent: str, base: str, name: str) -> None:
+        pfd = self.parent_fd(parent)
+        if base == OPAQUE:
+            # everything in this directory that this tar did not write goes
+            for child in self._list(pfd):
+                path = f"{parent}/{child}" if parent else child
+                if path not in self.unpacked:
+                    self.remove(pfd, child, path)
+            return
+        if base.startswith(_AUFS_META):
+            return  # AUFS bookkeeping (.wh..wh.plnk and the like)
+        target = base[len(WHITEOUT_PREFIX):]
+        if target in ("", ".", ".."):
+            raise UnsafeArchiveError(f"whiteout {name!r} names no entry of its directory")
+        self.remove(pfd, target, f"{parent}/{target}" if parent else target)
+
+    def _list(self, pfd: int) -> list[str]:
+        dfd = _ioctl.openat2(pfd, ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, 0, _BENEATH)
+        try:
+            return os.listdir(dfd)
+        finally:
+            os.close(dfd)
+
+    # ------------------------------------------------------------ metadata
+
+    def _ids(self, info: tarfile.TarInfo) -> tuple[int, int]:
+        try:
+            return to_host(info.uid, self.uid_maps), to_host(info.gid, self.gid_maps)
+        except ValueError as e:
+            raise ArchiveError(f"entry {info.name!r}: {e}") from None
+
+    def _xattrs(self, info: tarfile.TarInfo):
+        for key, value in info.pax_headers.items():
+            if key.startswith("SCHILY.xattr."):
+                yield key[len("SCHILY.xattr."):], value.encode("utf-8", "surrogateescape")
+
+    def metadata_fd(self, fd: int, info: tarfile.TarInfo) -> None:
+        """Owner, then mode (chown clears setuid), xattrs and times, through an open fd."""
+        uid, gid = self._ids(info)
+        os.fchown(fd, uid, gid)
+        os.fchmod(fd, info.mode & 0o7777)
+        for key, value in self._xattrs(info):
+            _setxattr(lambda: os.setxattr(fd, key, value), key, info.name)
+        ns = _mtime_ns(info)
+        os.utime(fd, ns=(ns, ns))
+
+    def metadata(self, pfd: int, base: str, info: tarfile.TarInfo, symlink: bool = False) -> None:
+        """The same for an entry that cannot be opened (symlink, device, FIFO)."""
+        uid, gid = self._ids(info)
+        os.chown(base, uid, gid, dir_fd=pfd, follow_symlinks=False)
+        if not symlink:
+            os.chmod(base, info.mode & 0o7777, dir_fd=pfd)  # not a symlink: nothing to follow
+        proc = f"/proc/self/fd/{pfd}/{base}"
+        for key, value in self._xattrs(info):
+            _setxattr(lambda: os.setxattr(proc, key, value, follow_symlinks=False), key, info.name)
+        ns = _mtime_ns(info)
+        os.utime(base, ns=(ns, ns), dir_fd=pfd, follow_symlinks=False)
+
+    def finish(self) -> None:
+        """Directory metadata last, deepest first, so that writing into a
+        directory does not undo its mtime and a read-only mode does not
+        stand in the way."""
+        for rel, info in sorted(self.dirs, key=lambda d: d[0].count("/") + (d[0] != ""), reverse=True):
+            fd = (os.dup(self.root_fd) if rel == "" else
+                  _ioctl.openat2(self.root_fd, rel, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, 0, _BENEATH))
+            try:
+                self.metadata_fd(fd, info)
+            finally:
+                os.close(fd)
+
+
+def _stream_errors() -> tuple[type[BaseException], ...]:
+    """What a corrupt or truncated stream raises, by layer of decoding."""
+    import zstandard
+    return (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, zstandard.ZstdError,
+            UnicodeError)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _setxattr(call, key: str, name: str) -> None:
+    try:
+        call()
+    except OSError as e:
+        # as containers/storage: not every filesystem or caller may set every namespace
+        if e.errno not in (errno.ENOTSUP, errno.EPERM):
+            raise
+        log.warning("could not set extended attribute %s on %s: %s", key, name, e)
+
+
+def apply_layer(root: str | bytes, stream: BinaryIO, uid_maps: Sequence[IDMap] | None = None,
+                gid_maps: Sequence[IDMap] | None = None) -> int:
+    """Apply the tar (or gzip or zstd tar) ``stream`` to directory ``root``;
+    returns the total size of its regular files' contents.  On an error the
+    tree is left part-applied: callers wanting all-or-nothing work on a copy."""
+    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    applier = _Applier(root_fd, uid_maps, gid_maps)
+    try:
+        try:
+            with tarfile.open(fileobj=decompressed(stream), mode="r|", encoding="utf-8",
+                              errors="surrogateescape") as tar:
+                for info in tar:
+                    applier.apply(info, tar)
+        except _stream_errors() as e:
+            raise ArchiveError(f"cannot read the layer tarball: {e}") from None
+        applier.finish()
+        return applier.size
+    finally:
+        applier.close()
+        os.close(root_fd)

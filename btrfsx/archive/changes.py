@@ -1,0 +1,152 @@
+"""What a layer changed relative to its parent, found by walking both
+(containers/storage's ``ChangesDirs``, the general path)."""
+
+from __future__ import annotations
+
+import enum
+import os
+import stat
+from typing import NamedTuple
+
+
+class ChangeKind(enum.IntEnum):
+    """containers/storage's ``ChangeType``, with its values."""
+
+    MODIFY = 0
+    ADD = 1
+    DELETE = 2
+
+
+_LETTER = {ChangeKind.MODIFY: "C", ChangeKind.ADD: "A", ChangeKind.DELETE: "D"}
+
+
+class Change(NamedTuple):
+    """One changed path, absolute within the layer (``/etc/passwd``)."""
+
+    path: str
+    kind: ChangeKind
+
+    def __str__(self) -> str:
+        return f"{_LETTER[self.kind]} {self.path}"
+
+
+def _xattrs(path: bytes) -> dict[str, bytes]:
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return {}
+    out = {}
+    for name in names:
+        try:
+            out[name] = os.getxattr(path, name, follow_symlinks=False)
+        except OSError:
+            continue  # removed meanwhile, or unreadable
+    return out
+
+
+def _same_mtime(a: os.stat_result, b: os.stat_result) -> bool:
+    # containers/storage's sameFsTimeSpec: to the second when either side
+    # has no sub-second part (a tar without PAX times, an old filesystem)
+    if a.st_mtime_ns % 1_000_000_000 == 0 or b.st_mtime_ns % 1_000_000_000 == 0:
+        return a.st_mtime_ns // 1_000_000_000 == b.st_mtime_ns // 1_000_000_000
+    return a.st_mtime_ns == b.st_mtime_ns
+
+
+def stat_differs(old: os.stat_result, new: os.stat_result) -> bool:
+    """containers/storage's statDifferent: type and mode, owner and device
+    number; size and mtime too, except for directories."""
+    if (old.st_mode != new.st_mode or old.st_uid != new.st_uid or old.st_gid != new.st_gid
+            or old.st_rdev != new.st_rdev):
+        return True
+    if stat.S_ISDIR(new.st_mode):
+        return False
+    return old.st_size != new.st_size or not _same_mtime(old, new)
+
+
+def entry_differs(old_path: bytes, old: os.stat_result, new_path: bytes, new: os.stat_result) -> bool:
+    """stat_differs, or a different symlink target or extended attributes
+    (containers/storage looks only at ``security.capability``; btrfsx at all)."""
+    if stat_differs(old, new):
+        return True
+    if stat.S_ISLNK(new.st_mode) and os.readlink(old_path) != os.readlink(new_path):
+        return True
+    return _xattrs(old_path) != _xattrs(new_path)
+
+
+def _entries(path: bytes) -> dict[bytes, os.stat_result]:
+    out = {}
+    with os.scandir(path) as it:
+        for entry in it:
+            out[entry.name] = entry.stat(follow_symlinks=False)
+    return out
+
+
+def _added(root: bytes, rel: bytes, st: os.stat_result, out: list[Change]) -> None:
+    out.append(Change(os.fsdecode(rel), ChangeKind.ADD))
+    if stat.S_ISDIR(st.st_mode):
+        for name, child in _entries(root + rel).items():
+            _added(root, rel + b"/" + name, child, out)
+
+
+def _compare(new_root: bytes, old_root: bytes, rel: bytes, out: list[Change]) -> bool:
+    """Changes below directory ``rel``; True when there were any."""
+    start = len(out)
+    new_entries = _entries(new_root + rel)
+    old_entries = _entries(old_root + rel)
+    for name, new in new_entries.items():
+        child = rel + b"/" + name
+        old = old_entries.pop(name, None)
+        if old is None:
+            _added(new_root, child, new, out)
+            continue
+        modified = (stat.S_IFMT(old.st_mode) != stat.S_IFMT(new.st_mode)
+                    or entry_differs(old_root + child, old, new_root + child, new))
+        if modified:
+            out.append(Change(os.fsdecode(child), ChangeKind.MODIFY))
+        if stat.S_ISDIR(new.st_mode):
+            if stat.S_ISDIR(old.st_mode):
+                inner = _compare(new_root, old_root, child, out)
+                if inner and not modified:
+                    # a directory holding a change travels with the diff, so
+                    # that its permissions are restored with it
+                    out.append(Change(os.fsdecode(child), ChangeKind.MODIFY))
+            else:
+                for grand, st in _entries(new_root + child).items():
+                    _added(new_root, child + b"/" + grand, st, out)
+    for name in old_entries:
+        out.append(Change(os.fsdecode(rel + b"/" + name), ChangeKind.DELETE))
+    return len(out) > start
+
+
+def changes(layer: str | bytes, parent: str | bytes | None = None) -> list[Change]:
+    """The changes of directory tree ``layer`` against ``parent`` (every
+    entry an addition when there is none), sorted by path."""
+    new_root = os.fsencode(layer).rstrip(b"/")
+    out: list[Change] = []
+    if parent is None:
+        for name, st in _entries(new_root).items():
+            _added(new_root, b"/" + name, st, out)
+    else:
+        _compare(new_root, os.fsencode(parent).rstrip(b"/"), b"", out)
+    out.sort(key=lambda c: os.fsencode(c.path))
+    return out
+
+
+def changes_size(layer: str | bytes, found: list[Change]) -> int:
+    """containers/storage's ChangesSize: the lstat size of every added or
+    modified non-directory, each hard-linked inode counted once."""
+    root = os.fsencode(layer).rstrip(b"/")
+    seen: set[int] = set()
+    total = 0
+    for change in found:
+        if change.kind == ChangeKind.DELETE:
+            continue
+        st = os.lstat(root + os.fsencode(change.path))
+        if stat.S_ISDIR(st.st_mode):
+            continue
+        if st.st_nlink > 1:
+            if st.st_ino in seen:
+                continue
+            seen.add(st.st_ino)
+        total += st.st_size
+    return total
