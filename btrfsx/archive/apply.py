@@ -122,9 +122,10 @@ class _Applier:
 
     # ------------------------------------------------------------ directories
 
-    def parent_fd(self, rel: str) -> int:
+    def parent_fd(self, rel: str, create: bool = True) -> int | None:
         """An O_PATH fd of directory ``rel`` (relative to the root), resolved
-        beneath the root without following any symlink."""
+        beneath the root without following any symlink; made if missing
+        (None instead without ``create``)."""
         if rel == "":
             return self.root_fd
         fd = self._fds.get(rel)
@@ -139,6 +140,8 @@ class _Applier:
             if e.errno == errno.ENOTDIR:
                 raise ArchiveError(f"{rel!r} is not a directory in the layer") from None
             if e.errno == errno.ENOENT:
+                if not create:
+                    return None
                 # a parent the tar did not list: made as GNU tar does
                 up, _, base = rel.rpartition("/")
                 os.mkdir(base, 0o755, dir_fd=self.parent_fd(up))
@@ -246,7 +249,9 @@ class _Applier:
             os.close(fd)
 
     def whiteout(self, parent: str, base: str, name: str) -> None:
-        pfd = self.parent_fd(parent)
+        pfd = self.parent_fd(parent, create=False)
+        if pfd is None:
+            return  # nothing below a directory that does not exist
         if base == OPAQUE:
             # everything in this directory that this tar did not write goes
             for child in self._list(pfd):
