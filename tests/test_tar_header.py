@@ -1,0 +1,37 @@
+"""The export's own tar header encoder writes exactly what tarfile's PAX writer would."""
+
+import tarfile
+
+import pytest
+
+from btrfsx.archive.export import _header
+
+CASES = [
+    ("etc/passwd", tarfile.REGTYPE, {}, "", 12345),
+    ("dir/", tarfile.DIRTYPE, {"mtime": "1700000000.123456789"}, "", 0),
+    ("link", tarfile.SYMTYPE, {}, "../target", 0),
+    ("cap", tarfile.REGTYPE, {"SCHILY.xattr.security.capability": "\x01\x00\x00\x02\udcff"}, "", 3),
+    ("dev/null", tarfile.CHRTYPE, {"mtime": "1.5"}, "", 0),
+    ("dev/sda", tarfile.BLKTYPE, {}, "", 0),
+    ("fifo", tarfile.FIFOTYPE, {}, "", 0),
+    ("hard", tarfile.LNKTYPE, {}, "etc/passwd", 0),
+    ("x" * 150, tarfile.REGTYPE, {}, "", 1),
+    ("caf\u00e9", tarfile.REGTYPE, {}, "", 1),
+    ("a" * 99, tarfile.SYMTYPE, {"SCHILY.xattr.user.k": "v" * 300}, "b" * 100, 0),
+    (".wh.gone", tarfile.REGTYPE, {}, "", 0),
+]
+
+
+@pytest.mark.parametrize("name, kind, pax, linkname, size", CASES, ids=[c[0][:20] for c in CASES])
+@pytest.mark.parametrize("mode, uid, gid, mtime", [(0o644, 0, 0, 0), (0o7777, 5, 65534, 1700000000),
+                                                   (0o755, 2097151, 1, 8589934591)])
+def test_header_matches_tarfile(name, kind, pax, linkname, size, mode, uid, gid, mtime):
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.mode, info.uid, info.gid, info.mtime = mode, uid, gid, mtime
+    info.linkname = linkname
+    info.size = size
+    if kind in (tarfile.CHRTYPE, tarfile.BLKTYPE):
+        info.devmajor, info.devminor = 8, 1
+    info.pax_headers = dict(pax)
+    assert _header(info) == info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
