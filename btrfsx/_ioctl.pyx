@@ -1027,38 +1027,33 @@ def is_subvolume(path_or_fd, *, int dir_fd=AT_FDCWD):
 
 # ---------------------------------------------------------------- plain syscalls the layers above need
 
-def rename_noreplace(int old_dirfd, old, int new_dirfd, new):
-    """renameat2(RENAME_NOREPLACE): move ``old`` to ``new`` atomically, or
-    FileExistsError if ``new`` exists (rename(2) would replace an empty
-    directory).  Both names are single entries of their directories."""
+cdef int _renameat2(int old_dirfd, object old, int new_dirfd, object new, unsigned int flags) except -1:
     cdef bytes a = _entry_name(old)
     cdef bytes b = _entry_name(new)
     cdef const char *ca = a
     cdef const char *cb = b
     cdef int ret, err = 0
     with nogil:
-        ret = c_renameat2(old_dirfd, ca, new_dirfd, cb, RENAME_NOREPLACE)
+        ret = c_renameat2(old_dirfd, ca, new_dirfd, cb, flags)
         if ret < 0:
             err = errno
     if ret < 0:
         if err == EEXIST:
             _raise_fd(err, new_dirfd, b)
         _raise_fd(err, old_dirfd, a)
+    return 0
+
+
+def rename_noreplace(int old_dirfd, old, int new_dirfd, new):
+    """renameat2(RENAME_NOREPLACE): move ``old`` to ``new`` atomically, or
+    FileExistsError if ``new`` exists (rename(2) would replace an empty
+    directory).  Both names are single entries of their directories."""
+    _renameat2(old_dirfd, old, new_dirfd, new, RENAME_NOREPLACE)
 
 
 def rename_exchange(int old_dirfd, old, int new_dirfd, new):
     """renameat2(RENAME_EXCHANGE): swap two existing entries atomically."""
-    cdef bytes a = _entry_name(old)
-    cdef bytes b = _entry_name(new)
-    cdef const char *ca = a
-    cdef const char *cb = b
-    cdef int ret, err = 0
-    with nogil:
-        ret = c_renameat2(old_dirfd, ca, new_dirfd, cb, RENAME_EXCHANGE)
-        if ret < 0:
-            err = errno
-    if ret < 0:
-        _raise_fd(err, old_dirfd, a)
+    _renameat2(old_dirfd, old, new_dirfd, new, RENAME_EXCHANGE)
 
 
 def mount(source, target, fstype=None, unsigned long flags=0, data=None):

@@ -15,6 +15,7 @@ import pytest
 
 from btrfsx import Driver, _ioctl
 from btrfsx.subvolume import nested_subvolumes
+from btrfsx.testing import build_layer, walk_nested
 
 pytestmark = pytest.mark.btrfs
 
@@ -25,44 +26,6 @@ BTRFS_IOC_SUBVOL_CREATE = 0x5000940E
 BTRFS_IOC_SNAP_DESTROY = 0x5000940F
 
 NESTED = ("t000/d03/n1", "t003/d10/n2", "t005/n3", "t005/n3/x/n4", "t007/d24/n5")
-
-
-def build_layer(root, nfiles, per_dir=50, dirs_per_top=25):
-    """``nfiles`` small files, ``per_dir`` to a directory, two levels deep."""
-    root_fd = os.open(root, _DIR_FLAGS)
-    try:
-        made = i = 0
-        while made < nfiles:
-            top = f"t{i // dirs_per_top:03d}"
-            if i % dirs_per_top == 0:
-                os.mkdir(top, 0o755, dir_fd=root_fd)
-            sub = f"{top}/d{i % dirs_per_top:02d}"
-            os.mkdir(sub, 0o755, dir_fd=root_fd)
-            dfd = os.open(sub, _DIR_FLAGS, dir_fd=root_fd)
-            try:
-                n = min(per_dir, nfiles - made)
-                for j in range(n):
-                    fd = os.open(f"f{j:04d}", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644,
-                                 dir_fd=dfd)
-                    os.write(fd, b"#!/bin/sh\nexit 0\n")
-                    os.close(fd)
-                made += n
-            finally:
-                os.close(dfd)
-            i += 1
-    finally:
-        os.close(root_fd)
-
-
-def walk_nested(root):
-    """The original driver's discovery: walk, lstat each directory, inode 256 is a subvolume."""
-    found = []
-    for dirpath, dirnames, _ in os.walk(root):
-        for d in dirnames:
-            p = os.path.join(dirpath, d)
-            if os.lstat(p).st_ino == _ioctl.FIRST_FREE_OBJECTID:
-                found.append(p)
-    return found
 
 
 def timed(fn, *args):
