@@ -765,3 +765,14 @@ def test_bind_mount_and_umount(btrfs_dir):
         io.umount(str(target))  # no longer a mount point
     assert exc.value.errno == errno.EINVAL
     assert exc.value.filename == str(target)
+
+
+def test_rename_exchange(btrfs_dir, dirfd):
+    io.create_subvolume(dirfd, "a")
+    (btrfs_dir / "b").mkdir()
+    (btrfs_dir / "a" / "in-a").write_text("a")
+    io.rename_exchange(dirfd, "a", dirfd, "b")
+    assert (btrfs_dir / "b" / "in-a").read_text() == "a"
+    assert io.is_subvolume(btrfs_dir / "b") and not io.is_subvolume(btrfs_dir / "a")
+    with pytest.raises(FileNotFoundError):
+        io.rename_exchange(dirfd, "a", dirfd, "missing")
