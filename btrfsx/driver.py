@@ -461,17 +461,23 @@ class Driver:
         stripe = store.lock_id(id)
         try:
             sfd = store.take_staging()
+            clean = False
             try:
                 store.begin_apply(sfd, id)
                 try:
                     size = archive.apply_layer(layer, diff, self.uid_maps, self.gid_maps)
                 except BaseException:
                     store.abort_apply(sfd, os.readlink(f"/proc/self/fd/{sfd}"))
+                    clean = True
                     raise
                 store.commit_apply(sfd)
+                clean = True
                 return size
             finally:
-                store.give_staging(sfd)
+                if clean:
+                    store.give_staging(sfd)
+                else:
+                    store.retire_staging(sfd)  # gc finishes what is left in it
         finally:
             store.unlock_id(stripe)
 

@@ -232,7 +232,10 @@ class Store:
     # ------------------------------------------------------------ apply_diff's backup
 
     def begin_apply(self, sfd: int, layer_id: str) -> None:
-        """Snapshot the layer as ``backup`` in staging ``sfd``, then mark the apply begun."""
+        """Snapshot the layer as ``backup`` in staging ``sfd``, record the
+        lineage the backup would need if swapped in, then mark the apply
+        begun.  Everything that writes happens here, before the apply: an
+        abort on a full disk needs no space."""
         lfd = os.open(layer_id, _DIR_FLAGS, dir_fd=self.subvolumes_fd)
         try:
             _ioctl.snapshot(lfd, sfd, BACKUP)
@@ -241,10 +244,13 @@ class Store:
             os.close(lfd)
         bfd = os.open(BACKUP, _DIR_FLAGS, dir_fd=sfd)
         try:
-            backup_uuid = _ioctl.get_subvolume_info(bfd).uuid
+            backup_uuid = str(_ioctl.get_subvolume_info(bfd).uuid)
         finally:
             os.close(bfd)
-        mark = f"{layer_id}\n{backup_uuid}\n{info.uuid}\n{info.parent_uuid or ''}\n"
+        layer_uuid = str(info.uuid)
+        parent_uuid = self.lineage().get(layer_uuid, (str(info.parent_uuid or ""), ""))[0]
+        self.record_lineage(backup_uuid, parent_uuid, layer_uuid)
+        mark = f"{layer_id}\n{backup_uuid}\n"
         fd = os.open(APPLYING, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=sfd)
         try:
             os.write(fd, mark.encode("utf-8", "surrogateescape"))
@@ -252,14 +258,18 @@ class Store:
             os.close(fd)
 
     def commit_apply(self, sfd: int) -> None:
-        os.unlink(APPLYING, dir_fd=sfd)
+        with open(f"/proc/self/fd/{sfd}/{APPLYING}", "rb") as f:
+            backup_uuid = f.read().decode("utf-8", "surrogateescape").split("\n")[1]
+        os.unlink(APPLYING, dir_fd=sfd)  # the commit point
         _ioctl.destroy_subvolume(sfd, BACKUP)
+        self.forget_lineage(backup_uuid)
 
     def abort_apply(self, sfd: int, staging_path: str) -> str:
-        """Put the backup back under the layer's id (atomically), keep the
-        lineage readable, and drop what the failed apply left; returns the id."""
+        """Put the backup back under the layer's id (atomically) and drop what
+        the failed apply left; returns the layer id.  Writes nothing, so it
+        works on a full disk, and may run again after a crash midway."""
         with open(os.path.join(staging_path, APPLYING), "rb") as f:
-            layer_id, backup_uuid, layer_uuid, parent_uuid = f.read().decode("utf-8", "surrogateescape").split("\n")[:4]
+            layer_id, backup_uuid = f.read().decode("utf-8", "surrogateescape").split("\n")[:2]
         try:
             lfd = os.open(layer_id, _DIR_FLAGS, dir_fd=self.subvolumes_fd)
         except FileNotFoundError:
@@ -270,7 +280,6 @@ class Store:
             finally:
                 os.close(lfd)
             if current != backup_uuid:  # not swapped yet
-                self.record_lineage(backup_uuid, self.lineage().get(layer_uuid, (parent_uuid, ""))[0], layer_uuid)
                 _ioctl.rename_exchange(sfd, BACKUP, self.subvolumes_fd, layer_id)
                 size = self.read_quota(layer_id)
                 if size is not None:
@@ -281,9 +290,16 @@ class Store:
                         pass  # quotas off now; get() re-applies the limit
                     finally:
                         os.close(rfd)
-        os.unlink(APPLYING, dir_fd=sfd)
         subvolume.remove_tree(os.path.join(staging_path, BACKUP), destroy_subvolumes=True)
+        os.unlink(APPLYING, dir_fd=sfd)
         return layer_id
+
+    def retire_staging(self, fd: int) -> None:
+        """Give up a staging directory an operation could not clean: its lock
+        is released, so :meth:`gc` can take what is in it."""
+        with self._staging_lock:
+            self._staging = [(n, f) for n, f in self._staging if f != fd]
+        os.close(fd)
 
     # ------------------------------------------------------------ lineage
 
@@ -293,6 +309,12 @@ class Store:
         with open(tmp, "w") as f:
             f.write(f"{parent_uuid}\n{replaces}\n")
         os.rename(tmp, os.path.join(self.lineage_path, uuid))
+
+    def forget_lineage(self, uuid: str) -> None:
+        try:
+            os.unlink(os.path.join(self.lineage_path, uuid))
+        except FileNotFoundError:
+            pass
 
     def lineage(self) -> dict[str, tuple[str, str]]:
         """``{uuid: (parent uuid, replaced uuid)}`` of layers swapped for a backup."""

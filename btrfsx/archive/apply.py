@@ -98,6 +98,20 @@ def _clean(name: str, what: str) -> str:
     return "/".join(parts)
 
 
+class _StrictTarInfo(tarfile.TarInfo):
+    """tarfile in stream mode takes a broken header after the first for the
+    end of the archive and stops quietly; a layer cut short or followed by
+    garbage is an error here, as in Go's archive/tar.  A stream ending
+    cleanly on a block boundary, or at a zero block, still ends it."""
+
+    @classmethod
+    def fromtarfile(cls, tarfile_):
+        try:
+            return super().fromtarfile(tarfile_)
+        except (tarfile.TruncatedHeaderError, tarfile.InvalidHeaderError) as e:
+            raise ArchiveError(f"corrupt tar header at byte {tarfile_.offset}: {e}") from None
+
+
 def _mtime_ns(info: tarfile.TarInfo) -> int:
     """The entry's mtime to the nanosecond where a PAX record carries it
     (tarfile's own float loses the last digits)."""
@@ -211,6 +225,8 @@ class _Applier:
                 os.mkdir(base, 0o700, dir_fd=pfd)
             self.dirs.append((rel, info))
         elif info.issym():
+            if "\0" in info.linkname:
+                raise UnsafeArchiveError(f"symlink {info.name!r} has a NUL byte in its target")
             os.symlink(info.linkname, base, dir_fd=pfd)
             self.metadata(pfd, base, info, symlink=True)
         elif info.islnk():
@@ -286,12 +302,20 @@ class _Applier:
             if key.startswith("SCHILY.xattr."):
                 yield key[len("SCHILY.xattr."):], value.encode("utf-8", "surrogateescape")
 
-    def metadata_fd(self, fd: int, info: tarfile.TarInfo) -> None:
-        """Owner, then mode (chown clears setuid), xattrs and times, through an open fd."""
+    def metadata_fd(self, fd: int, info: tarfile.TarInfo, prune: bool = False) -> None:
+        """Owner, then mode (chown clears setuid), xattrs and times, through an
+        open fd.  ``prune`` (a directory that existed before) also removes the
+        xattrs the entry no longer has, but an SELinux label, which belongs
+        to the store rather than to the image."""
         uid, gid = self._ids(info)
         os.fchown(fd, uid, gid)
         os.fchmod(fd, info.mode & 0o7777)
-        for key, value in self._xattrs(info):
+        wanted = dict(self._xattrs(info))
+        if prune:
+            for key in os.listxattr(fd):
+                if key not in wanted and key != "security.selinux":
+                    _setxattr(lambda: os.removexattr(fd, key), key, info.name)
+        for key, value in wanted.items():
             _setxattr(lambda: os.setxattr(fd, key, value), key, info.name)
         ns = _mtime_ns(info)
         os.utime(fd, ns=(ns, ns))
@@ -316,7 +340,7 @@ class _Applier:
             fd = (os.dup(self.root_fd) if rel == "" else
                   _ioctl.openat2(self.root_fd, rel, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, 0, _BENEATH))
             try:
-                self.metadata_fd(fd, info)
+                self.metadata_fd(fd, info, prune=True)
             finally:
                 os.close(fd)
 
@@ -354,7 +378,7 @@ def apply_layer(root: str | bytes, stream: BinaryIO, uid_maps: Sequence[IDMap] |
     try:
         try:
             with tarfile.open(fileobj=decompressed(stream), mode="r|", encoding="utf-8",
-                              errors="surrogateescape") as tar:
+                              errors="surrogateescape", tarinfo=_StrictTarInfo) as tar:
                 for info in tar:
                     applier.apply(info, tar)
         except _stream_errors() as e:
