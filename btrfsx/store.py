@@ -290,9 +290,44 @@ class Store:
                         pass  # quotas off now; get() re-applies the limit
                     finally:
                         os.close(rfd)
+            self._return_nested(os.path.join(staging_path, BACKUP), self.layer_path(layer_id))
         subvolume.remove_tree(os.path.join(staging_path, BACKUP), destroy_subvolumes=True)
         os.unlink(APPLYING, dir_fd=sfd)
         return layer_id
+
+    def _return_nested(self, failed: str, restored: str) -> None:
+        """Move the subvolumes nested in the failed copy of a layer back into
+        the restored one, where its snapshot left an empty directory for
+        each: a snapshot does not take nested subvolumes along."""
+        ffd = os.open(failed, _DIR_FLAGS)
+        rfd = os.open(restored, _DIR_FLAGS)
+        beneath = _ioctl.RESOLVE_BENEATH | _ioctl.RESOLVE_NO_SYMLINKS
+        try:
+            top = _ioctl.subvolume_id(ffd)
+            for sub in subvolume.nested_subvolumes(ffd, top):
+                if sub.parent_id != top:
+                    continue  # moves with its parent
+                _, dirpath = _ioctl.ino_lookup(ffd, sub.dirid, top)
+                dirpath = dirpath.rstrip(b"/") or b"."
+                try:
+                    src = _ioctl.openat2(ffd, dirpath, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, 0, beneath)
+                    dst = _ioctl.openat2(rfd, dirpath, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, 0, beneath)
+                except OSError:
+                    continue  # its place is gone in the restored copy: it goes with the failed one
+                try:
+                    try:
+                        os.rmdir(sub.name, dir_fd=dst)  # the snapshot's placeholder
+                    except FileNotFoundError:
+                        pass
+                    os.rename(sub.name, sub.name, src_dir_fd=src, dst_dir_fd=dst)
+                except OSError:
+                    pass
+                finally:
+                    os.close(src)
+                    os.close(dst)
+        finally:
+            os.close(ffd)
+            os.close(rfd)
 
     def retire_staging(self, fd: int) -> None:
         """Give up a staging directory an operation could not clean: its lock

@@ -28,6 +28,7 @@ import pytest
 import zstandard
 
 from btrfsx import ArchiveError, Change, ChangeKind, Driver, IDMap, UnsafeArchiveError
+from btrfsx import _ioctl
 from btrfsx.loopback import Loopback
 
 ADD, MODIFY, DELETE = ChangeKind.ADD, ChangeKind.MODIFY, ChangeKind.DELETE
@@ -1090,3 +1091,33 @@ def test_diff_and_apply_diff_stream(driver):
         assert f.read(MiB) == chunk
         f.seek(size - MiB)
         assert f.read(MiB) == chunk
+
+
+def test_a_failed_apply_keeps_the_layers_nested_subvolumes(btrfs_fs):
+    """The backup snapshot does not hold nested subvolumes: they are moved back."""
+    home = btrfs_fs.mountpoint / "home-nested"
+    with Driver(home) as d:
+        d.create("L")
+        root = d.get("L")
+        os.chmod(root, 0o755)
+        os.makedirs(os.path.join(root, "var", "lib"))
+        fd = os.open(os.path.join(root, "var", "lib"), os.O_RDONLY)
+        try:
+            _ioctl.create_subvolume(fd, "vol")
+        finally:
+            os.close(fd)
+        with open(os.path.join(root, "var", "lib", "vol", "data"), "w") as f:
+            f.write("kept")
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            info = tarfile.TarInfo("new-file")
+            info.size = 3
+            tar.addfile(info, io.BytesIO(b"abc"))
+        corrupt = buf.getvalue()[:512 + 512] + b"garbage!" * 64  # a bad header after the first entry
+        with pytest.raises(ArchiveError):
+            d.apply_diff("L", None, io.BytesIO(corrupt))
+        assert not os.path.exists(os.path.join(root, "new-file"))
+        assert _ioctl.is_subvolume(os.path.join(root, "var", "lib", "vol"))
+        with open(os.path.join(root, "var", "lib", "vol", "data")) as f:
+            assert f.read() == "kept"
+        d.remove("L")
