@@ -1,13 +1,18 @@
-"""The ``btrfsx`` command.
+"""The ``btrfsx`` command: the driver from a shell.
 
-``btrfsx demo`` runs the main job on the btrfs directory given with
-``--home`` (or ``$BTRFSX_HOME``), or, with neither, on a loopback btrfs
-filesystem it makes for the run and removes afterwards.
+Every command takes ``--home DIR`` (or ``$BTRFSX_HOME``); with neither it
+works on the embedded store, a btrfs image btrfsx makes and mounts for
+itself on first use (``btrfsx loopback status``).  Built on the public API
+only: :class:`btrfsx.Driver` and :mod:`btrfsx.loopback`.  Tables and
+progress bars come from ``rich`` (the ``cli`` extra).
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
+import io
+import json
 import os
 import shutil
 import statistics
@@ -15,132 +20,540 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import ExitStack
+import traceback
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-from btrfsx import CreateOpts, Driver, PrerequisitesError, __version__
-from btrfsx.loopback import Loopback, LoopbackError, unavailable_reason
+from btrfsx import ArchiveError, CreateOpts, Driver, OptionError, PrerequisitesError, __version__
+from btrfsx.loopback import Embedded, LoopbackError, unavailable_reason
+from btrfsx.units import bytes_size
+
+EXAMPLES = {
+    "create": "btrfsx create base && btrfsx create app --parent base --size 10G",
+    "rm": "btrfsx rm app base",
+    "path": "cd \"$(btrfsx path app)\"",
+    "exists": "btrfsx exists app && echo present",
+    "status": "btrfsx status --json",
+    "ls": "btrfsx ls --tree",
+    "changes": "btrfsx changes app            # against its recorded parent",
+    "diff": "btrfsx diff app --zstd -o app.tar.zst",
+    "apply": "btrfsx create app2 --parent base && btrfsx apply app2 app.tar.zst",
+    "diff-size": "btrfsx diff-size app --parent ''",
+    "gc": "btrfsx gc",
+    "demo": "btrfsx demo --builds 5 --layers 3",
+    "loopback": "btrfsx loopback status; btrfsx loopback destroy",
+}
 
 
-def _timed(samples: dict[str, list[float]], op: str, fn, *args, **kwargs):
+class UserError(Exception):
+    """A mistake to report in one line, without a traceback."""
+
+
+# ---------------------------------------------------------------- output
+
+def _console(stderr: bool = False):
+    try:
+        from rich.console import Console
+    except ImportError:
+        raise UserError("the btrfsx command needs the 'cli' extra: pip install 'btrfsx[cli]'") from None
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+def _emit_json(data) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def _table(columns: list[str], rows: list[list], right: set[int] = frozenset()) -> None:
+    from rich import box
+    from rich.table import Table
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, show_header=any(columns))
+    for i, name in enumerate(columns):
+        table.add_column(name, justify="right" if i in right else "left", no_wrap=True)
+    for row in rows:
+        table.add_row(*["-" if v is None else str(v) for v in row])
+    _console().print(table)
+
+
+def _interactive() -> bool:
+    return sys.stderr.isatty()
+
+
+@contextmanager
+def _progress(description: str, total: float | None = None, unit_bytes: bool = False):
+    """A progress bar on stderr when it is a terminal; else nothing shows."""
+    if not _interactive():
+        yield lambda advance=1: None
+        return
+    from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, SpinnerColumn,
+                               TextColumn, TimeElapsedColumn, TransferSpeedColumn)
+    columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn()]
+    columns += ([DownloadColumn(), TransferSpeedColumn()] if unit_bytes else [MofNCompleteColumn()])
+    columns.append(TimeElapsedColumn())
+    with Progress(*columns, console=_console(stderr=True), transient=True) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda advance=1: progress.advance(task, advance)
+
+
+def _size(n: int | None) -> str | None:
+    return None if n is None else bytes_size(n)
+
+
+def _when(ts: float | None) -> str | None:
+    return None if not ts else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+# ---------------------------------------------------------------- the store
+
+def _home(args) -> str:
+    home = args.home or os.environ.get("BTRFSX_HOME")
+    if home:
+        return home
+    reason = unavailable_reason()
+    embedded = Embedded()
+    if reason and not embedded.mounted:
+        raise UserError(f"no --home given, and the embedded store at {embedded.image} cannot be made: {reason}")
+    return str(embedded.ensure())
+
+
+@contextmanager
+def _driver(args, options: list[str] | None = None):
+    d = Driver(_home(args), options=options or [])
+    try:
+        yield d
+    finally:
+        d.close()
+
+
+def _parent_for(d: Driver, layer: str, parent: str | None) -> str | None:
+    """``--parent``: None means the recorded parent, '' means none."""
+    if parent is None:
+        return d.parent(layer)
+    return parent or None
+
+
+# ---------------------------------------------------------------- commands
+
+def cmd_create(args) -> int:
+    opts = CreateOpts(storage_opt={"size": args.size}) if args.size else None
+    with _driver(args) as d:
+        (d.create_read_write if args.rw else d.create)(args.id, args.parent or None, opts)
+        path = d.get(args.id)
+    if args.json:
+        _emit_json({"id": args.id, "parent": args.parent or None, "path": path, "size": args.size})
+    return 0
+
+
+def cmd_rm(args) -> int:
+    removed = []
+    with _driver(args) as d, _progress("removing layers", total=len(args.ids)) as tick:
+        for layer in args.ids:
+            d.remove(layer)
+            removed.append(layer)
+            tick()
+    if args.json:
+        _emit_json({"removed": removed})
+    return 0
+
+
+def cmd_path(args) -> int:
+    with _driver(args) as d:
+        path = d.get(args.id)
+    _emit_json({"id": args.id, "path": path}) if args.json else print(path)
+    return 0
+
+
+def cmd_exists(args) -> int:
+    with _driver(args) as d:
+        present = d.exists(args.id)
+    if args.json:
+        _emit_json({"id": args.id, "exists": present})
+    return 0 if present else 1
+
+
+def cmd_status(args) -> int:
+    with _driver(args) as d:
+        status = d.status()
+    if args.json:
+        _emit_json(dict(status))
+    else:
+        _table(["", ""], [[k, v] for k, v in status])
+    return 0
+
+
+def cmd_ls(args) -> int:
+    with _driver(args) as d:
+        infos = d.layer_infos()
+    if args.json:
+        _emit_json([info._asdict() for info in infos])
+        return 0
+    if args.tree:
+        from rich.tree import Tree
+        children: dict[str | None, list] = {}
+        for info in infos:
+            children.setdefault(info.parent, []).append(info)
+        root = Tree(f"[bold]{len(infos)} layers[/bold]")
+
+        def grow(node, parent):
+            for info in children.get(parent, []):
+                grow(node.add(info.id + (f"  ({_size(info.limit)} limit)" if info.limit else "")), info.id)
+        grow(root, None)
+        _console().print(root)
+        return 0
+    _table(["ID", "PARENT", "REFERENCED", "EXCLUSIVE", "LIMIT", "CREATED"],
+           [[i.id, i.parent, _size(i.referenced), _size(i.exclusive), _size(i.limit), _when(i.created)]
+            for i in infos], right={2, 3, 4})
+    return 0
+
+
+def cmd_changes(args) -> int:
+    with _driver(args) as d:
+        parent = _parent_for(d, args.id, args.parent)
+        found = d.changes(args.id, parent)
+    if args.json:
+        _emit_json({"id": args.id, "parent": parent,
+                    "changes": [{"path": c.path, "kind": c.kind.name} for c in found]})
+    else:
+        sys.stdout.write("".join(f"{c}\n" for c in found))
+    return 0
+
+
+def cmd_diff(args) -> int:
+    if not args.output and sys.stdout.isatty():
+        raise UserError("refusing to write a tar stream to a terminal: give -o FILE or redirect stdout")
+    with _driver(args) as d:
+        parent = _parent_for(d, args.id, args.parent)
+        with d.diff(args.id, parent) as stream:
+            out = open(args.output, "wb") if args.output else sys.stdout.buffer
+            try:
+                if args.zstd:
+                    import zstandard
+                    with zstandard.ZstdCompressor().stream_writer(out, closefd=False) as z:
+                        shutil.copyfileobj(stream, z, 1 << 20)
+                elif args.gzip:
+                    with gzip.GzipFile(fileobj=out, mode="wb") as g:
+                        shutil.copyfileobj(stream, g, 1 << 20)
+                else:
+                    shutil.copyfileobj(stream, out, 1 << 20)
+                out.flush()
+            finally:
+                if args.output:
+                    out.close()
+    return 0
+
+
+class _Counting(io.RawIOBase):
+    """Reads through to ``inner``, telling ``tick`` how many bytes went by."""
+
+    def __init__(self, inner, tick):
+        self.inner, self.tick = inner, tick
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        data = self.inner.read(len(b))
+        b[:len(data)] = data
+        self.tick(len(data))
+        return len(data)
+
+
+def cmd_apply(args) -> int:
+    if args.file == "-":
+        source, total = sys.stdin.buffer, None
+    else:
+        try:
+            source = open(args.file, "rb")
+        except OSError as e:
+            raise UserError(f"cannot read {args.file}: {e.strerror}") from None
+        total = os.fstat(source.fileno()).st_size
+    with source, _driver(args) as d, _progress(f"applying to {args.id}", total=total, unit_bytes=True) as tick:
+        applied = d.apply_diff(args.id, args.parent or None, io.BufferedReader(_Counting(source, tick), 1 << 20))
+    if args.json:
+        _emit_json({"id": args.id, "applied": applied})
+    else:
+        print(f"applied {applied} bytes ({_size(applied)}) to {args.id}")
+    return 0
+
+
+def cmd_diff_size(args) -> int:
+    with _driver(args) as d:
+        parent = _parent_for(d, args.id, args.parent)
+        size = d.diff_size(args.id, parent)
+    _emit_json({"id": args.id, "parent": parent, "size": size}) if args.json else print(size)
+    return 0
+
+
+def cmd_gc(args) -> int:
+    status = _console(stderr=True).status("collecting garbage") if _interactive() else nullcontext()
+    with _driver(args) as d, status:
+        report = d.gc()
+    if args.json:
+        _emit_json(report._asdict())
+    elif not report:
+        print("nothing to collect")
+    else:
+        for kind, items in report._asdict().items():
+            for item in items:
+                print(f"removed {kind.rstrip('s').replace('_', ' ')}: {item}")
+    return 0
+
+
+def cmd_loopback(args) -> int:
+    embedded = Embedded()
+    if args.action == "destroy":
+        destroyed = embedded.destroy()
+        if args.json:
+            _emit_json({"destroyed": destroyed, "image": str(embedded.image)})
+        else:
+            print(f"destroyed {embedded.image}" if destroyed else f"nothing to destroy at {embedded.state}")
+        return 0
+    status = embedded.status()
+    if args.json:
+        _emit_json(status)
+    else:
+        _table(["", ""], [[k, v] for k, v in status.items()])
+    return 0
+
+
+# ---------------------------------------------------------------- demo: a CI builder's day in small
+
+def _tarball(entries: list[tuple[str, bytes | None]], whiteouts: list[str] = ()) -> bytes:
+    """An uncompressed layer tar of ``(path, content or None for a directory)``."""
+    import tarfile
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        now = time.time()
+        for path, content in entries:
+            info = tarfile.TarInfo(path)
+            info.mtime = now
+            if content is None:
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tar.addfile(info)
+            else:
+                info.size, info.mode = len(content), 0o644
+                tar.addfile(info, io.BytesIO(content))
+        for path in whiteouts:
+            head, base = os.path.split(path)
+            tar.addfile(tarfile.TarInfo(os.path.join(head, ".wh." + base)))
+    return buf.getvalue()
+
+
+def _rootfs(files: int) -> bytes:
+    dirs = ["bin", "etc", "usr", "usr/bin", "usr/lib", "usr/share", "usr/share/doc", "var", "var/lib"]
+    entries: list[tuple[str, bytes | None]] = [(d, None) for d in dirs]
+    for i in range(files):
+        d = dirs[1 + i % (len(dirs) - 1)]
+        entries.append((f"{d}/file{i:05d}", (b"%d\n" % i) * (1 + i % 300)))
+    return _tarball(entries)
+
+
+def _build_layer(build: int, layer: int) -> bytes:
+    entries = [(f"app/b{build}", None), (f"app/b{build}/l{layer}", None)]
+    entries += [(f"app/b{build}/l{layer}/obj{j:03d}.o", os.urandom(512) * (1 + j % 16)) for j in range(40)]
+    entries.append((f"etc/file{layer:05d}", b"rebuilt by build %d layer %d\n" % (build, layer)))
+    return _tarball(entries, whiteouts=[f"usr/share/doc/file{6 + 8 * layer:05d}"])  # one base file each
+
+
+def _timed(samples: dict[str, list[float]], op: str, fn, *args):
     t0 = time.perf_counter()
-    result = fn(*args, **kwargs)
+    result = fn(*args)
     samples.setdefault(op, []).append(time.perf_counter() - t0)
     return result
 
 
-def _walk(home: Path, layers: int, files: int, out) -> dict[str, list[float]]:
-    """A base layer of ``files`` files, a chain of ``layers`` layers each a
-    snapshot of the one below adding a file, a sized read-write layer on
-    top, then removal of all, through the Driver."""
-    samples: dict[str, list[float]] = {}
-    store = home / "btrfsx-demo"
-    with Driver(store) as d:
-        _timed(samples, "create (base)", d.create, "base")
-        base = Path(d.get("base"))
-        os.chmod(base, 0o755)
-        for i in range(files):
-            (base / f"file{i:05d}").write_bytes(b"%d\n" % i)
-        parent = "base"
-        for n in range(layers):
-            name = f"layer{n:03d}"
-            _timed(samples, "create (snapshot)", d.create, name, parent)
-            (Path(d.get(name)) / f"added-by-{name}").write_text(name)
-            parent = name
-        _timed(samples, "create (sized rw)", d.create_read_write, "container", parent,
-               CreateOpts(storage_opt={"size": "64M"}))
-        top = Path(d.get("container"))
-        added = sorted(p.name for p in top.iterdir() if p.name.startswith("added-by-"))
-        status = dict(d.status())
-        print(f"  layer 'container' holds {files} base files and {len(added)} added ones; "
-              f"{status['Layers']} layers, quota mode {status['Quota Mode']}", file=out)
-        if len(added) != layers:
-            raise RuntimeError(f"expected {layers} added files in the top layer, found {len(added)}")
-        for name in ["container"] + [f"layer{n:03d}" for n in reversed(range(layers))] + ["base"]:
-            _timed(samples, "remove", d.remove, name)
-    shutil.rmtree(store)  # the layout left empty
-    return samples
-
-
-def _cli_baseline(home: Path, rounds: int) -> dict[str, list[float]]:
-    """The same create and destroy through the ``btrfs`` command, for comparison."""
-    samples: dict[str, list[float]] = {}
-    work = Path(tempfile.mkdtemp(prefix="btrfsx-demo-cli-", dir=home))
+def _compare_with_cli(d: Driver, base: str, prefix: str, rounds: int) -> dict[str, dict[str, float]]:
+    """The same snapshot and remove of the base layer through btrfsx and
+    through the ``btrfs`` command, alternately, so both meet the same state."""
+    ours: dict[str, list[float]] = {}
+    theirs: dict[str, list[float]] = {}
+    work = tempfile.mkdtemp(prefix=".btrfsx-demo-cli-", dir=d.home)
+    base_path = d.get(base)
     try:
         for i in range(rounds):
-            _timed(samples, "create", subprocess.run, ["btrfs", "-q", "subvolume", "create", str(work / f"s{i}")],
-                   check=True, capture_output=True)
+            _timed(ours, "create (snapshot)", d.create, f"{prefix}-cmp{i}", base)
+            _timed(theirs, "create (snapshot)", subprocess.run,
+                   ["btrfs", "-q", "subvolume", "snapshot", base_path, f"{work}/s{i}"])
         for i in range(rounds):
-            _timed(samples, "destroy", subprocess.run, ["btrfs", "-q", "subvolume", "delete", str(work / f"s{i}")],
-                   check=True, capture_output=True)
+            _timed(ours, "remove", d.remove, f"{prefix}-cmp{i}")
+            _timed(theirs, "remove", subprocess.run, ["btrfs", "-q", "subvolume", "delete", f"{work}/s{i}"])
     finally:
-        os.rmdir(work)
-    return samples
+        shutil.rmtree(work, ignore_errors=True)
+    return {op: {"btrfsx": statistics.median(ours[op]), "btrfs": statistics.median(theirs[op])} for op in ours}
 
 
 def cmd_demo(args) -> int:
-    out = sys.stdout
-    with ExitStack() as stack:
-        home = args.home or os.environ.get("BTRFSX_HOME")
-        if home:
-            home = Path(home)
-            print(f"btrfsx {__version__}: demo on {home}", file=out)
-        else:
-            reason = unavailable_reason()
-            if reason:
-                print(f"btrfsx: no --home given and no loopback filesystem can be made: {reason}",
-                      file=sys.stderr)
-                return 2
-            mnt = stack.enter_context(tempfile.TemporaryDirectory(prefix="btrfsx-demo-mnt-"))
-            try:
-                fs = stack.enter_context(Loopback.create(args.image_dir, Path(mnt) / "fs"))
-            except LoopbackError as e:
-                print(f"btrfsx: {e}", file=sys.stderr)
-                return 2
-            home = fs.mountpoint
-            print(f"btrfsx {__version__}: demo on a loopback btrfs filesystem at {home} "
-                  f"({fs.device}, image {fs.image}, removed afterwards)", file=out)
-        t0 = time.perf_counter()
+    if args.builds < 1 or args.layers < 1:
+        raise UserError("--builds and --layers must be at least 1")
+    prefix = f"demo-{os.getpid()}"
+    samples: dict[str, list[float]] = {}
+    applied = exported = created = 0
+    console = _console()
+    with _driver(args) as d:
+        home = d.home
+        if not args.json:
+            console.print(f"btrfsx {__version__}: a CI builder's day in small on {home}: "
+                          f"{args.builds} builds of {args.layers} layers over a {args.files}-file base")
+        t_start = time.perf_counter()
+        base = f"{prefix}-base"
+        rootfs = _rootfs(args.files)
         try:
-            samples = _walk(home, args.layers, args.files, out)
-        except PrerequisitesError as e:
-            print(f"btrfsx: {e}", file=sys.stderr)
-            return 2
-        elapsed = time.perf_counter() - t0
-        cli = None
-        if shutil.which("btrfs"):
-            cli = _cli_baseline(home, min(args.layers, 20))
-        print(f"  {args.layers} snapshot layers over {args.files} files, created and removed "
-              f"in {elapsed:.3f} s", file=out)
-        print(f"\n  {'operation':<22}{'count':>7}{'btrfsx median':>16}{'btrfs CLI median':>19}{'ratio':>9}",
-              file=out)
-        for op, times in samples.items():
-            med = statistics.median(times)
-            line = f"  {op:<22}{len(times):>7}{med * 1e6:>13.0f} us"
-            cli_op = {"create (base)": "create", "remove": "destroy"}.get(op)
-            if cli and cli_op in cli:
-                cmed = statistics.median(cli[cli_op])
-                line += f"{cmed * 1e6:>16.0f} us{cmed / med:>8.0f}x"
-            out.write(line + "\n")
-        if not cli:
-            print("  (install btrfs-progs to compare with the btrfs command)", file=out)
+            _timed(samples, "create (base)", d.create, base)
+            applied += _timed(samples, "apply_diff", d.apply_diff, base, None, io.BytesIO(rootfs))
+            created += 1
+            with _progress("building", total=args.builds * args.layers) as tick:
+                for b in range(args.builds):
+                    parent, stack = base, []
+                    for k in range(args.layers):
+                        layer = f"{prefix}-b{b}-l{k}"
+                        _timed(samples, "create (snapshot)", d.create, layer, parent)
+                        stack.append(layer)
+                        applied += _timed(samples, "apply_diff", d.apply_diff, layer, parent,
+                                          io.BytesIO(_build_layer(b, k)))
+                        created += 1
+                        parent = layer
+                        tick()
+                    t0 = time.perf_counter()
+                    with d.diff(parent, stack[-2] if len(stack) > 1 else base) as stream:
+                        while chunk := stream.read(1 << 20):
+                            exported += len(chunk)
+                    samples.setdefault("diff (export)", []).append(time.perf_counter() - t0)
+                    for layer in reversed(stack):
+                        _timed(samples, "remove", d.remove, layer)
+            elapsed = time.perf_counter() - t_start
+            cli = (_compare_with_cli(d, base, prefix, 10)
+                   if shutil.which("btrfs") and not args.no_compare else None)
+        finally:
+            for layer in [f for f in d.layer_infos() if f.id.startswith(prefix + "-")][::-1]:
+                d.remove(layer.id)
+    apply_s = sum(samples.get("apply_diff", []))
+    export_s = sum(samples.get("diff (export)", []))
+    summary = {
+        "builds": args.builds, "layers_per_build": args.layers, "layers_created": created,
+        "seconds": round(elapsed, 3), "layers_per_second": round(created / elapsed, 1),
+        "applied_bytes": applied, "applied_mib_per_second": round(applied / (1 << 20) / apply_s, 1) if apply_s else None,
+        "exported_bytes": exported,
+        "exported_mib_per_second": round(exported / (1 << 20) / export_s, 1) if export_s else None,
+        "median_seconds": {op: statistics.median(t) for op, t in samples.items()},
+        "compared_with_btrfs_command": cli,
+    }
+    if args.json:
+        _emit_json(summary)
+        return 0
+    _table(["", ""], [
+        ["layers created", f"{created} ({created / elapsed:.1f} per second)"],
+        ["applied", f"{_size(applied)} at {summary['applied_mib_per_second']} MiB/s"],
+        ["exported", f"{_size(exported)} at {summary['exported_mib_per_second']} MiB/s"],
+        ["wall time", f"{elapsed:.2f} s"],
+    ])
+    _table(["OPERATION", "COUNT", "MEDIAN"],
+           [[op, len(t), f"{statistics.median(t) * 1e3:.3f} ms"] for op, t in samples.items()], right={1, 2})
+    if cli:
+        console.print("the same snapshot and remove of the base layer, alternately:")
+        _table(["OPERATION", "BTRFSX", "BTRFS COMMAND", "BTRFSX FASTER"],
+               [[op, f"{m['btrfsx'] * 1e3:.3f} ms", f"{m['btrfs'] * 1e3:.3f} ms",
+                 f"{m['btrfs'] / m['btrfsx']:.1f}x"] for op, m in cli.items()], right={1, 2, 3})
+    if cli is None and not args.no_compare:
+        console.print("(install btrfs-progs to compare with the btrfs command)")
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="btrfsx", description="A fast btrfs layer store.")
+# ---------------------------------------------------------------- parsing
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("common options")
+    g.add_argument("--home", default=None, help="the layer store (default: $BTRFSX_HOME, else the embedded store)")
+    g.add_argument("--json", action="store_true", default=None, help="machine-readable output")
+    g.add_argument("--debug", action="store_true", default=None, help="show tracebacks")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="btrfsx", description="A fast btrfs layer store, compatible with podman's and buildah's.",
+        epilog="example: btrfsx demo   (runs on an embedded loopback filesystem when no --home is given)")
     parser.add_argument("--version", action="version", version=f"btrfsx {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="create, snapshot, size and remove layers, and time it")
-    demo.add_argument("--home", help="a directory on btrfs to work in (default: $BTRFSX_HOME, "
-                                     "else a loopback filesystem made for the run)")
-    demo.add_argument("--layers", type=int, default=50, help="snapshot layers to stack (default 50)")
-    demo.add_argument("--files", type=int, default=1000, help="files in the base layer (default 1000)")
-    demo.add_argument("--image-dir", default="/var/tmp",
-                      help="where the loopback image is made (default /var/tmp)")
-    demo.set_defaults(func=cmd_demo)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    parser.add_argument("--home", dest="top_home", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--json", dest="top_json", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--debug", dest="top_debug", action="store_true", help=argparse.SUPPRESS)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name, func, help):
+        p = sub.add_parser(name, help=help, description=help, epilog=f"example: {EXAMPLES[name]}",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.set_defaults(func=func)
+        return p
+
+    p = command("create", cmd_create, "create a layer, empty or a snapshot of a parent")
+    p.add_argument("id")
+    p.add_argument("--parent", help="the layer to snapshot")
+    p.add_argument("--size", help="a size limit (10G, 512m, ...): turns quotas on")
+    p.add_argument("--rw", action="store_true", help="a read-write layer (gets btrfs.size by default)")
+    p = command("rm", cmd_rm, "remove layers, with any subvolume nested in them")
+    p.add_argument("ids", nargs="+", metavar="ID")
+    p = command("path", cmd_path, "print a layer's directory")
+    p.add_argument("id")
+    p = command("exists", cmd_exists, "exit 0 if a layer exists, 1 if not")
+    p.add_argument("id")
+    command("status", cmd_status, "show the store: version, kernel, quota mode, filesystem, layers")
+    p = command("ls", cmd_ls, "list layers with parent, usage, limit and creation time")
+    p.add_argument("--tree", action="store_true", help="draw the lineage as a tree")
+    for name, func, help in (("changes", cmd_changes, "list what a layer changed"),
+                             ("diff-size", cmd_diff_size, "the size of what a layer changed")):
+        p = command(name, func, help)
+        p.add_argument("id")
+        p.add_argument("--parent", help="compare against this layer ('' for none; default: its recorded parent)")
+    p = command("diff", cmd_diff, "write a layer's changes as an OCI layer tar")
+    p.add_argument("id")
+    p.add_argument("--parent", help="compare against this layer ('' for none; default: its recorded parent)")
+    p.add_argument("-o", "--output", help="the file to write (default: stdout)")
+    comp = p.add_mutually_exclusive_group()
+    comp.add_argument("--gzip", action="store_true", help="gzip-compress")
+    comp.add_argument("--zstd", action="store_true", help="zstd-compress")
+    p = command("apply", cmd_apply, "apply a layer tar (plain, gzip or zstd) to a layer, all or nothing")
+    p.add_argument("id")
+    p.add_argument("file", help="the tar file, or - for stdin")
+    p.add_argument("--parent", help="the layer's parent (informational, as in containers/storage)")
+    command("gc", cmd_gc, "remove what interrupted operations left behind")
+    p = command("demo", cmd_demo, "the main job: a CI builder's day in small, timed")
+    p.add_argument("--builds", type=int, default=20, help="builds to run (default 20)")
+    p.add_argument("--layers", type=int, default=5, help="layers per build (default 5)")
+    p.add_argument("--files", type=int, default=2000, help="files in the base layer (default 2000)")
+    p.add_argument("--no-compare", action="store_true", help="skip the comparison with the btrfs command")
+    p = command("loopback", cmd_loopback, "the embedded store: show it, or unmount and delete it")
+    p.add_argument("action", choices=["status", "destroy"])
+    for p in sub.choices.values():
+        _add_common(p)
+    return parser
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        text = f"{e.strerror}: {e.filename}" if e.filename else e.strerror
+        if isinstance(e, PermissionError) and os.geteuid() != 0:
+            text += " (try as root)"
+        return text
+    return str(e)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.home = args.home or args.top_home
+    args.json = bool(args.json or args.top_json)
+    args.debug = bool(args.debug or args.top_debug)
+    try:
+        return args.func(args) or 0
+    except KeyboardInterrupt:
+        print("btrfsx: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # the reader went away (btrfsx diff | head): not an error of ours
+        sys.stderr.close()
+        return 0
+    except (UserError, OSError, ValueError, PrerequisitesError, OptionError, ArchiveError, LoopbackError,
+            RuntimeError) as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"btrfsx: {_describe(e)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

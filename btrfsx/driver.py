@@ -8,13 +8,14 @@ import logging
 import os
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 from dataclasses import dataclass, field
 
 from btrfsx import __version__, _ioctl, archive, quota, subvolume
 from btrfsx.archive import Change
-from btrfsx.errors import OptionError, PrerequisitesError
+from btrfsx.errors import ArchiveError, OptionError, PrerequisitesError
 from btrfsx.idmap import IDMap, root_pair
+from btrfsx.mounts import is_mountpoint
 from btrfsx.options import check_size, parse_driver_options, parse_storage_opt
 from btrfsx.quota import QuotaMode
 from btrfsx.store import GcReport, Store, check_layer_id
@@ -27,6 +28,18 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 def _privileged() -> bool:
     return os.geteuid() == 0
 _SELINUX_XATTR = "security.selinux"
+
+
+class LayerInfo(NamedTuple):
+    """One layer as :meth:`Driver.layer_infos` sees it."""
+
+    id: str
+    parent: str | None       #: the layer it was made from, by btrfs's parent UUID
+    uuid: str
+    created: float           #: the subvolume's creation time (seconds)
+    referenced: int | None   #: bytes, with quotas on
+    exclusive: int | None    #: bytes, with quotas on
+    limit: int | None        #: its size limit in bytes, if it has one
 
 
 @dataclass
@@ -71,27 +84,6 @@ def _mkdir_all_as(path: str, mode: int, uid: int, gid: int) -> None:
         os.chmod(p, mode)
         if (uid, gid) != (0, 0):
             os.chown(p, uid, gid)
-
-
-def _unescape_mountinfo(field: str) -> str:
-    # mountinfo escapes space, tab, newline and backslash as \ooo
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and field[i + 1:i + 4].isdigit():
-            out.append(chr(int(field[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
-def is_mountpoint(path: str) -> bool:
-    """Whether something is mounted at ``path`` (a bind mount of a directory
-    on the same filesystem too, which ``os.path.ismount`` cannot see)."""
-    path = os.path.realpath(path)
-    with open("/proc/self/mountinfo") as f:
-        return any(_unescape_mountinfo(line.split(" ", 5)[4]) == path for line in f)
 
 
 class Driver:
@@ -466,9 +458,11 @@ class Driver:
                 store.begin_apply(sfd, id)
                 try:
                     size = archive.apply_layer(layer, diff, self.uid_maps, self.gid_maps)
-                except BaseException:
+                except BaseException as e:
                     store.abort_apply(sfd, os.readlink(f"/proc/self/fd/{sfd}"))
                     clean = True
+                    if isinstance(e, ArchiveError):
+                        raise type(e)(f"layer {id!r} left as it was: {e}") from None
                     raise
                 store.commit_apply(sfd)
                 clean = True
@@ -484,33 +478,54 @@ class Driver:
     def parent(self, id: str) -> str | None:
         """The layer ``id`` was made from, from btrfs's parent UUID (so also for
         layers another program made), or None."""
-        layer = self._layer_path(id)
-        lineage = self._store.lineage()
-        current = {replaces: uuid for uuid, (_, replaces) in lineage.items() if replaces}
-        fd = os.open(layer, _DIR_FLAGS)
-        try:
-            info = _ioctl.get_subvolume_info(fd)
-        finally:
-            os.close(fd)
-        uuid = str(info.uuid)
-        parent = lineage[uuid][0] if uuid in lineage else (str(info.parent_uuid) if info.parent_uuid else "")
-        while parent in current:
-            parent = current[parent]
-        if not parent:
-            return None
-        for other in self._store.list_layers():
+        self._layer_path(id)
+        return next(info.parent for info in self.layer_infos([id]))
+
+    def layer_infos(self, ids: Iterable[str] | None = None) -> list[LayerInfo]:
+        """What ``btrfsx ls`` shows of each layer (all, sorted, by default):
+        its parent from btrfs's parent UUIDs, creation time, and with quotas
+        on its referenced and exclusive bytes and limit."""
+        store = self._store
+        every = sorted(store.list_layers())
+        wanted = every if ids is None else list(ids)
+        subvols: dict[str, tuple[int, str, str, float]] = {}  # id -> (subvolid, uuid, parent uuid, otime)
+        for layer in set(every) | set(wanted):
             try:
-                ofd = os.open(other, _DIR_FLAGS, dir_fd=self._store.subvolumes_fd)
+                fd = os.open(layer, _DIR_FLAGS, dir_fd=store.subvolumes_fd)
             except OSError:
                 continue
             try:
-                if str(_ioctl.get_subvolume_info(ofd).uuid) == parent:
-                    return other
+                info = _ioctl.get_subvolume_info(fd)
             except OSError:
-                continue
+                continue  # not a subvolume
             finally:
-                os.close(ofd)
-        return None
+                os.close(fd)
+            subvols[layer] = (info.id, str(info.uuid), str(info.parent_uuid or ""), info.otime)
+        lineage = store.lineage()
+        replaced_by = {replaces: uuid for uuid, (_, replaces) in lineage.items() if replaces}
+        by_uuid = {uuid: layer for layer, (_, uuid, _, _) in subvols.items()}
+        quotas = self._quota_on()
+        out = []
+        for layer in wanted:
+            if layer not in subvols:
+                continue
+            subvolid, uuid, parent_uuid, otime = subvols[layer]
+            if uuid in lineage:
+                parent_uuid = lineage[uuid][0]
+            while parent_uuid in replaced_by:
+                parent_uuid = replaced_by[parent_uuid]
+            referenced = exclusive = limit = None
+            if quotas:
+                usage = _ioctl.qgroup_usage(store.home_fd, subvolid)
+                if usage is not None:
+                    referenced, exclusive = usage.referenced, usage.exclusive
+                limits = _ioctl.qgroup_limits(store.home_fd, subvolid)
+                if limits is not None and limits.flags & _ioctl.QGROUP_LIMIT_MAX_RFER:
+                    limit = limits.max_referenced
+            if limit is None:
+                limit = store.read_quota(layer)
+            out.append(LayerInfo(layer, by_uuid.get(parent_uuid), uuid, otime, referenced, exclusive, limit))
+        return out
 
     def metadata(self, id: str) -> dict | None:
         """None, as the original: btrfs layers carry no driver metadata."""
@@ -536,17 +551,22 @@ class Driver:
                 quota.disable(self._store.home_fd)
                 self._quota_mode = QuotaMode.OFF
         finally:
-            self._store.close()
-            if self._bind_mounted:
-                try:
-                    _ioctl.umount(self.home)
-                except OSError as e:
-                    if e.errno != errno.EINVAL:
-                        raise
-                    log.info("%s was no longer mounted", self.home)
-                self._bind_mounted = False
+            self.close()
 
-    close = cleanup
+    def close(self) -> None:
+        """Release the driver's fds and the bind mount it made, leaving quotas
+        as they are (what a short-lived user such as the command line wants;
+        :meth:`cleanup` also turns quotas off, as the original driver does)."""
+        if not self._store._closed:
+            self._store.close()
+        if self._bind_mounted:
+            try:
+                _ioctl.umount(self.home)
+            except OSError as e:
+                if e.errno != errno.EINVAL:
+                    raise
+                log.info("%s was no longer mounted", self.home)
+            self._bind_mounted = False
 
     def __enter__(self) -> "Driver":
         return self

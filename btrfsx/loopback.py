@@ -18,9 +18,11 @@ import time
 from pathlib import Path
 
 from btrfsx import _ioctl
+from btrfsx.mounts import is_mountpoint, mount_source
 from btrfsx.store import pid_alive
 
-__all__ = ["Loopback", "LoopbackError", "unavailable_reason", "sweep_stale", "IMAGE_PREFIX"]
+__all__ = ["Loopback", "LoopbackError", "Embedded", "state_dir", "unavailable_reason", "sweep_stale",
+           "IMAGE_PREFIX"]
 
 #: Image files made here are named ``IMAGE_PREFIX<pid>-<n>.img``; the pid lets
 #: :func:`sweep_stale` tell a crashed run's leftovers from a live run's.
@@ -219,3 +221,79 @@ class Loopback:
 
     def __repr__(self) -> str:
         return f"Loopback(image={str(self.image)!r}, device={self.device!r}, mountpoint={str(self.mountpoint)!r})"
+
+
+# ---------------------------------------------------------------- the embedded default store
+
+#: Size of the embedded image when first made (sparse; $BTRFSX_LOOPBACK_SIZE overrides).
+EMBEDDED_SIZE = 16 << 30
+
+
+def state_dir() -> Path:
+    """Where the embedded store lives: $BTRFSX_STATE_DIR, else /var/lib/btrfsx as
+    root, else $XDG_STATE_HOME/btrfsx."""
+    if os.environ.get("BTRFSX_STATE_DIR"):
+        return Path(os.environ["BTRFSX_STATE_DIR"])
+    if os.geteuid() == 0:
+        return Path("/var/lib/btrfsx")
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return Path(base) / "btrfsx"
+
+
+class Embedded:
+    """The btrfs image btrfsx makes for itself when no home is given:
+    ``STATE/btrfs.img`` mounted at ``STATE/mnt``, layers in ``STATE/mnt/home``.
+    It stays mounted between commands, and after a reboot is mounted again
+    on first use."""
+
+    def __init__(self, state: str | os.PathLike | None = None):
+        self.state = Path(state) if state is not None else state_dir()
+        self.image = self.state / "btrfs.img"
+        self.mountpoint = self.state / "mnt"
+        self.home = self.mountpoint / "home"
+
+    @property
+    def mounted(self) -> bool:
+        return is_mountpoint(str(self.mountpoint))
+
+    def ensure(self, size: int | None = None) -> Path:
+        """Make, or mount again, the image; returns the home directory."""
+        if not self.mounted:
+            self.state.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if self.image.exists():
+                fs = Loopback.attach(self.image, self.mountpoint)
+            else:
+                size = size or int(os.environ.get("BTRFSX_LOOPBACK_SIZE", EMBEDDED_SIZE))
+                fs = Loopback.create(self.state, self.mountpoint, size=size, image=self.image)
+            # left mounted on purpose: the next command uses it
+            fs._owns_image = fs._owns_mountpoint = False
+        return self.home
+
+    def status(self) -> dict:
+        st = self.image.stat() if self.image.exists() else None
+        return {
+            "state_dir": str(self.state),
+            "image": str(self.image),
+            "exists": st is not None,
+            "size": st.st_size if st else None,
+            "allocated": st.st_blocks * 512 if st else None,
+            "mounted": self.mounted,
+            "mountpoint": str(self.mountpoint),
+            "device": mount_source(str(self.mountpoint)) if self.mounted else None,
+            "home": str(self.home),
+        }
+
+    def destroy(self) -> bool:
+        """Unmount it, detach its loop device and delete the image; False when
+        there was nothing to destroy."""
+        if not self.image.exists() and not self.mounted:
+            return False
+        device = mount_source(str(self.mountpoint)) if self.mounted else None
+        fs = Loopback(self.image, device, self.mountpoint, owns_image=True, owns_mountpoint=True)
+        if device is None:
+            # not mounted: detach any loop device still backed by the image
+            for dev in _attached():
+                if (dev.get("back-file") or "").removesuffix(" (deleted)") == str(self.image):
+                    subprocess.run(["losetup", "-d", dev["name"]], capture_output=True)
+        fs.close()
+        return True

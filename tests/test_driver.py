@@ -14,7 +14,7 @@ import pytest
 
 from btrfsx import CreateOpts, Driver, IDMap, MountOpts, OptionError, PrerequisitesError, QuotaMode
 from btrfsx import _ioctl, quota
-from btrfsx.driver import is_mountpoint
+from btrfsx.mounts import is_mountpoint
 
 BAD_IDS = ["", ".", "..", "a/b", "a\0b", "x" * 256]
 

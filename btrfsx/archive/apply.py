@@ -109,7 +109,7 @@ class _StrictTarInfo(tarfile.TarInfo):
         try:
             return super().fromtarfile(tarfile_)
         except (tarfile.TruncatedHeaderError, tarfile.InvalidHeaderError) as e:
-            raise ArchiveError(f"corrupt tar header at byte {tarfile_.offset}: {e}") from None
+            raise ArchiveError(f"cannot read the layer tarball: corrupt header at byte {tarfile_.offset}: {e}") from None
 
 
 def _mtime_ns(info: tarfile.TarInfo) -> int:
