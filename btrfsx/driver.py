@@ -4,8 +4,10 @@ composed from the store, subvolume and quota modules."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import os
+import stat
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import BinaryIO, NamedTuple
@@ -122,7 +124,11 @@ class Driver:
         """Make home a private mount point (bind-mounting it on itself when it
         is not one), as mount.MakePrivate does; True when this bind-mounted it."""
         bound = False
+        fd = os.open(self.home, _DIR_FLAGS)
         try:
+            # Drivers in several processes: without this lock two could both
+            # see no mount yet and stack two bind mounts.
+            fcntl.flock(fd, fcntl.LOCK_EX)
             if not is_mountpoint(self.home):
                 _ioctl.mount(self.home, self.home, None, _ioctl.MS_BIND)
                 bound = True
@@ -130,6 +136,8 @@ class Driver:
         except PermissionError as e:
             # Rootless: mounts need privileges the caller lacks; layers work without.
             log.warning("cannot make %s a private mount point: %s", self.home, e)
+        finally:
+            os.close(fd)
         return bound
 
     def _ensure_quota(self) -> QuotaMode:
@@ -256,10 +264,16 @@ class Driver:
 
     def _open_parent(self, parent: str) -> int:
         try:
-            return os.open(parent, _DIR_FLAGS, dir_fd=self._store.subvolumes_fd)
+            fd = os.open(parent, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=self._store.subvolumes_fd)
         except OSError as e:
+            if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                self._check_layer(parent, "parent layer")  # says what is there instead
             raise type(e)(e.errno, f"parent layer {parent!r}: {e.strerror}",
                           self._store.layer_path(parent)) from None
+        if os.fstat(fd).st_ino != _ioctl.FIRST_FREE_OBJECTID:
+            os.close(fd)
+            self._check_layer(parent, "parent layer")
+        return fd
 
     def _check_free(self, layer_id: str) -> None:
         try:
@@ -365,16 +379,11 @@ class Driver:
             unsupported = [o for o in options.options if o != "ro"]
             if unsupported:
                 raise OptionError("btrfs driver does not support mount options")
-        try:
-            st = os.stat(id, dir_fd=store.subvolumes_fd)
-        except FileNotFoundError:
-            raise FileNotFoundError(errno.ENOENT, f"layer {id!r} does not exist", path) from None
-        if not (st.st_mode & 0o170000) == 0o040000:
-            raise NotADirectoryError(errno.ENOTDIR, f"{path}: not a directory", path)
+        self._check_layer(id)
         size = store.read_quota(id)
         if size is not None and size >= self.options.min_space:
             self._ensure_quota()
-            fd = os.open(id, _DIR_FLAGS, dir_fd=store.subvolumes_fd)
+            fd = os.open(id, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=store.subvolumes_fd)
             try:
                 _ioctl.qgroup_limit(fd, 0, max_referenced=size)
             finally:
@@ -387,7 +396,7 @@ class Driver:
     def exists(self, id: str) -> bool:
         check_layer_id(id)
         try:
-            os.stat(id, dir_fd=self._store.subvolumes_fd)
+            os.stat(id, dir_fd=self._store.subvolumes_fd, follow_symlinks=False)
             return True
         except FileNotFoundError:
             return False
@@ -418,14 +427,26 @@ class Driver:
     # ------------------------------------------------------------ diffs
 
     def _layer_path(self, layer_id: str) -> str:
-        """The directory of an existing layer, or FileNotFoundError naming it."""
+        """The directory of an existing layer, or the error :meth:`_check_layer` gives."""
         check_layer_id(layer_id)
+        self._check_layer(layer_id)
+        return self._store.layer_path(layer_id)
+
+    def _check_layer(self, layer_id: str, what: str = "layer") -> None:
+        """FileNotFoundError unless ``subvolumes/ID`` is there, and a clear
+        error unless it is a subvolume: a symlink put in its place is never
+        followed, and a plain directory is not a layer."""
         path = self._store.layer_path(layer_id)
         try:
-            os.stat(layer_id, dir_fd=self._store.subvolumes_fd)
+            st = os.stat(layer_id, dir_fd=self._store.subvolumes_fd, follow_symlinks=False)
         except FileNotFoundError:
-            raise FileNotFoundError(errno.ENOENT, f"layer {layer_id!r} does not exist", path) from None
-        return path
+            raise FileNotFoundError(errno.ENOENT, f"{what} {layer_id!r} does not exist", path) from None
+        if stat.S_ISLNK(st.st_mode):
+            raise OSError(errno.ELOOP, f"{what} {layer_id!r} is a symlink, not a btrfs subvolume", path)
+        if not stat.S_ISDIR(st.st_mode):
+            raise NotADirectoryError(errno.ENOTDIR, f"{what} {layer_id!r} is not a directory", path)
+        if st.st_ino != _ioctl.FIRST_FREE_OBJECTID:
+            raise OSError(errno.EINVAL, f"{what} {layer_id!r} is a plain directory, not a btrfs subvolume", path)
 
     def changes(self, id: str, parent: str | None = None) -> list[Change]:
         """What layer ``id`` changed relative to layer ``parent`` (everything,
@@ -561,7 +582,8 @@ class Driver:
             self._store.close()
         if self._bind_mounted:
             try:
-                _ioctl.umount(self.home)
+                # lazily: other drivers (processes) may still work below it
+                _ioctl.umount(self.home, _ioctl.MNT_DETACH)
             except OSError as e:
                 if e.errno != errno.EINVAL:
                     raise

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import stat
 import itertools
 import os
 import threading
@@ -51,6 +52,19 @@ LOCK_STRIPES = 64
 BACKUP = "backup"
 APPLYING = "applying"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_DIR_NOFOLLOW = _DIR_FLAGS | os.O_NOFOLLOW
+
+
+def _listdir(dirfd: int) -> list[str]:
+    """The entries of an open directory, through a fresh open of it: btrfs
+    fixes a directory fd's readdir end at open time and refreshes it only on
+    a rewind (seen on Linux 6.18), so listing a long-lived fd misses entries
+    added since."""
+    fd = os.open(".", _DIR_FLAGS, dir_fd=dirfd)
+    try:
+        return os.listdir(fd)
+    finally:
+        os.close(fd)
 
 
 def check_layer_id(layer_id: str) -> str:
@@ -69,6 +83,10 @@ def _mkdir(path: str, mode: int, owner: tuple[int, int] | None) -> None:
     try:
         os.mkdir(path, mode)
     except FileExistsError:
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            # a symlink here could send the store's writes outside home
+            raise NotADirectoryError(errno.ENOTDIR, "expected a directory of the layer store, not a symlink "
+                                     "or a file", path) from None
         return
     os.chmod(path, mode)  # not subject to the umask
     if owner and owner != (0, 0):
@@ -103,9 +121,10 @@ class Store:
         _mkdir(locks, 0o700, None)
         self.lineage_path = os.path.join(state, "lineage")
         self.home_fd = os.open(home, _DIR_FLAGS)
-        self.subvolumes_fd = os.open(self.subvolumes_path, _DIR_FLAGS)
-        self.staging_root_fd = os.open(self.staging_path, _DIR_FLAGS)
-        self._locks_fd = os.open(locks, _DIR_FLAGS)
+        self.subvolumes_fd = os.open(SUBVOLUMES, _DIR_NOFOLLOW, dir_fd=self.home_fd)
+        self.staging_root_fd = os.open(self.staging_path, _DIR_NOFOLLOW)
+        self._locks_fd = os.open(locks, _DIR_NOFOLLOW)
+        self._quotas_fd: int | None = None
         self._stripe_fds: list[int | None] = [None] * LOCK_STRIPES
         self._stripe_locks = [threading.Lock() for _ in range(LOCK_STRIPES)]
         self._staging: list[tuple[str, int]] = []
@@ -182,51 +201,69 @@ class Store:
                                   self.layer_path(layer_id)) from None
 
     def list_layers(self) -> list[str]:
-        # By path, not through the long-lived fd: btrfs fixes a directory
-        # fd's readdir end at open time and refreshes it only on a rewind
-        # (seen on Linux 6.18), so listing through a kept fd misses entries
-        # added since.
-        return os.listdir(self.subvolumes_path)
+        return _listdir(self.subvolumes_fd)
 
     def layer_path(self, layer_id: str) -> str:
         return os.path.join(self.subvolumes_path, layer_id)
 
     # ------------------------------------------------------------ quota files
 
+    def quotas_fd(self, create: bool = False) -> int | None:
+        """The quotas directory (made when ``create``), opened without
+        following a symlink; None when it does not exist."""
+        if self._quotas_fd is None:
+            if create:
+                _mkdir(self.quotas_path, 0o700, self.owner)
+            try:
+                fd = os.open(QUOTAS, _DIR_NOFOLLOW, dir_fd=self.home_fd)
+            except FileNotFoundError:
+                return None
+            with self._staging_lock:
+                if self._quotas_fd is None:
+                    self._quotas_fd = fd
+                else:
+                    os.close(fd)
+        return self._quotas_fd
+
     def has_quotas_dir(self) -> bool:
-        try:
-            os.stat(QUOTAS, dir_fd=self.home_fd)
-            return True
-        except FileNotFoundError:
-            return False
+        return self.quotas_fd() is not None
 
     def read_quota(self, layer_id: str) -> int | None:
         """The size in a layer's quota file, or None (no file, or not a number)."""
+        qfd = self.quotas_fd()
+        if qfd is None:
+            return None
         try:
-            with open(os.path.join(self.quotas_path, layer_id), "rb") as f:
-                text = f.read(64)
+            fd = os.open(layer_id, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=qfd)
         except (FileNotFoundError, NotADirectoryError):
             return None
+        try:
+            text = os.read(fd, 64)
+        finally:
+            os.close(fd)
         # strconv.ParseUint in the original: digits only
         return int(text) if text.isdigit() else None
 
     def write_quota(self, layer_id: str, size: int) -> None:
         """Write ``quotas/ID`` atomically (a temporary file renamed over it)."""
-        _mkdir(self.quotas_path, 0o700, self.owner)
-        final = os.path.join(self.quotas_path, layer_id)
-        tmp = os.path.join(self.quotas_path, f".{layer_id[:200]}.{os.getpid()}.{threading.get_ident()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        qfd = self.quotas_fd(create=True)
+        tmp = f".{layer_id[:200]}.{os.getpid()}.{threading.get_ident()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+                     dir_fd=qfd)
         try:
             os.write(fd, str(size).encode())
         finally:
             os.close(fd)
-        os.rename(tmp, final)
+        os.rename(tmp, layer_id, src_dir_fd=qfd, dst_dir_fd=qfd)
 
     def remove_quota(self, layer_id: str) -> bool:
+        qfd = self.quotas_fd()
+        if qfd is None:
+            return False
         try:
-            os.unlink(os.path.join(self.quotas_path, layer_id))
+            os.unlink(layer_id, dir_fd=qfd)
             return True
-        except (FileNotFoundError, NotADirectoryError):
+        except FileNotFoundError:
             return False
 
     # ------------------------------------------------------------ apply_diff's backup
@@ -376,7 +413,7 @@ class Store:
         processes that are gone (with the subvolumes in them), quota files of
         layers that do not exist, and qgroups of subvolumes that are gone."""
         subvolumes: list[str] = []
-        for name in sorted(os.listdir(self.staging_path)):
+        for name in sorted(_listdir(self.staging_root_fd)):
             try:
                 fd = os.open(name, _DIR_FLAGS, dir_fd=self.staging_root_fd)
             except (FileNotFoundError, NotADirectoryError):
@@ -397,12 +434,13 @@ class Store:
             finally:
                 os.close(fd)
         quota_files: list[str] = []
-        if self.has_quotas_dir():
-            for name in sorted(os.listdir(self.quotas_path)):
+        qfd = self.quotas_fd()
+        if qfd is not None:
+            for name in sorted(_listdir(qfd)):
                 if name.startswith(".") and name.endswith(".tmp"):
                     pid = name.rsplit(".", 3)[-3] if name.count(".") >= 3 else ""
                     if pid.isdigit() and not pid_alive(int(pid)):
-                        os.unlink(os.path.join(self.quotas_path, name))
+                        os.unlink(name, dir_fd=qfd)
                         quota_files.append(os.path.join(self.quotas_path, name))
                     continue
                 with self.lock(name):
@@ -433,6 +471,8 @@ class Store:
         for fd in self._stripe_fds:
             if fd is not None:
                 os.close(fd)
+        if self._quotas_fd is not None:
+            os.close(self._quotas_fd)
         for fd in (self._locks_fd, self.staging_root_fd, self.subvolumes_fd, self.home_fd):
             os.close(fd)
 
