@@ -508,7 +508,7 @@ class Driver:
         on its referenced and exclusive bytes and limit."""
         store = self._store
         every = sorted(store.list_layers())
-        wanted = every if ids is None else list(ids)
+        wanted = every if ids is None else [check_layer_id(i) for i in ids]
         subvols: dict[str, tuple[int, str, str, float]] = {}  # id -> (subvolid, uuid, parent uuid, otime)
         for layer in set(every) | set(wanted):
             try:

@@ -12,12 +12,18 @@ QUOTA_MODES = ("simple", "qgroup")
 CHANGES_MODES = ("auto", "naive")
 
 
+# Go's strings.TrimSpace trims Unicode White_Space; Python's str.strip also
+# takes U+001C..U+001F, which Go keeps.
+_GO_SPACE = "\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+
+
 def parse_key_value(option: str) -> tuple[str, str]:
-    """``key=value`` split at the first ``=``, both sides stripped (parsers.ParseKeyValueOpt)."""
+    """``key=value`` split at the first ``=``, both sides trimmed as Go's
+    strings.TrimSpace does (parsers.ParseKeyValueOpt)."""
     key, sep, value = option.partition("=")
     if not sep:
         raise OptionError(f"unable to parse key/value option: {option}")
-    return key.strip(), value.strip()
+    return key.strip(_GO_SPACE), value.strip(_GO_SPACE)
 
 
 def _size(key: str, value: str) -> int:

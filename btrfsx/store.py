@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import stat
 import itertools
 import os
@@ -71,7 +72,10 @@ def check_layer_id(layer_id: str) -> str:
     """A layer id must be one directory entry; ValueError otherwise."""
     if not isinstance(layer_id, str):
         raise TypeError(f"layer id must be a str, not {type(layer_id).__name__}")
-    encoded = os.fsencode(layer_id)
+    try:
+        encoded = os.fsencode(layer_id)
+    except UnicodeEncodeError:
+        raise ValueError(f"invalid layer id {layer_id!r}: not encodable as a file name") from None
     if (not layer_id or layer_id in (".", "..") or "/" in layer_id or "\0" in layer_id
             or len(encoded) > 255):
         raise ValueError(f"invalid layer id {layer_id!r}: expected a single directory entry of "
@@ -247,7 +251,7 @@ class Store:
     def write_quota(self, layer_id: str, size: int) -> None:
         """Write ``quotas/ID`` atomically (a temporary file renamed over it)."""
         qfd = self.quotas_fd(create=True)
-        tmp = f".{layer_id[:200]}.{os.getpid()}.{threading.get_ident()}.tmp"
+        tmp = f".quota-{os.getpid()}-{threading.get_ident()}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
                      dir_fd=qfd)
         try:
@@ -287,16 +291,16 @@ class Store:
         layer_uuid = str(info.uuid)
         parent_uuid = self.lineage().get(layer_uuid, (str(info.parent_uuid or ""), ""))[0]
         self.record_lineage(backup_uuid, parent_uuid, layer_uuid)
-        mark = f"{layer_id}\n{backup_uuid}\n"
+        mark = json.dumps({"layer": layer_id, "backup": backup_uuid})  # ids may hold any byte but / and NUL
         fd = os.open(APPLYING, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=sfd)
         try:
-            os.write(fd, mark.encode("utf-8", "surrogateescape"))
+            os.write(fd, mark.encode("ascii"))
         finally:
             os.close(fd)
 
     def commit_apply(self, sfd: int) -> None:
         with open(f"/proc/self/fd/{sfd}/{APPLYING}", "rb") as f:
-            backup_uuid = f.read().decode("utf-8", "surrogateescape").split("\n")[1]
+            backup_uuid = json.loads(f.read())["backup"]
         os.unlink(APPLYING, dir_fd=sfd)  # the commit point
         _ioctl.destroy_subvolume(sfd, BACKUP)
         self.forget_lineage(backup_uuid)
@@ -306,7 +310,8 @@ class Store:
         the failed apply left; returns the layer id.  Writes nothing, so it
         works on a full disk, and may run again after a crash midway."""
         with open(os.path.join(staging_path, APPLYING), "rb") as f:
-            layer_id, backup_uuid = f.read().decode("utf-8", "surrogateescape").split("\n")[:2]
+            mark = json.loads(f.read())
+        layer_id, backup_uuid = mark["layer"], mark["backup"]
         try:
             lfd = os.open(layer_id, _DIR_FLAGS, dir_fd=self.subvolumes_fd)
         except FileNotFoundError:
@@ -383,6 +388,8 @@ class Store:
         os.rename(tmp, os.path.join(self.lineage_path, uuid))
 
     def forget_lineage(self, uuid: str) -> None:
+        if not uuid:
+            return
         try:
             os.unlink(os.path.join(self.lineage_path, uuid))
         except FileNotFoundError:
@@ -437,8 +444,8 @@ class Store:
         qfd = self.quotas_fd()
         if qfd is not None:
             for name in sorted(_listdir(qfd)):
-                if name.startswith(".") and name.endswith(".tmp"):
-                    pid = name.rsplit(".", 3)[-3] if name.count(".") >= 3 else ""
+                if name.startswith(".quota-") and name.endswith(".tmp"):
+                    pid = name[len(".quota-"):].split("-", 1)[0]
                     if pid.isdigit() and not pid_alive(int(pid)):
                         os.unlink(name, dir_fd=qfd)
                         quota_files.append(os.path.join(self.quotas_path, name))

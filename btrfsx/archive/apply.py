@@ -200,6 +200,16 @@ class _Applier:
     # ------------------------------------------------------------ entries
 
     def apply(self, info: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
+        try:
+            self._apply(info, tar)
+        except (OverflowError, ValueError) as e:
+            # ids, times or names out of range for the system calls (a uid of
+            # 2**40, an mtime of 1e999, a NUL in an xattr name)
+            if isinstance(e, ArchiveError):
+                raise
+            raise ArchiveError(f"entry {info.name!r} cannot be applied: {e}") from None
+
+    def _apply(self, info: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
         rel = _clean(info.name, "entry")
         parent, _, base = rel.rpartition("/")
         if base.startswith(WHITEOUT_PREFIX):
