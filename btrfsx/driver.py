@@ -112,6 +112,9 @@ class Driver:
         _mkdir_all_as(self.home, 0o700, *self._root)
         self._bind_mounted = self._make_private()
         self._store = Store(self.home, self._root)
+        if os.geteuid() == 0:
+            for layer in self._store.recover():
+                log.warning("layer %r: an apply_diff interrupted by its process's death was undone", layer)
         self._quota_mode: QuotaMode | None = None
         self._inflight = 0
         self._inflight_lock = threading.Lock()
@@ -533,7 +536,11 @@ class Driver:
             subvolid, uuid, parent_uuid, otime = subvols[layer]
             if uuid in lineage:
                 parent_uuid = lineage[uuid][0]
-            while parent_uuid in replaced_by:
+            # a subvolume swapped for its backup after a failed apply_diff
+            # lives on under the backup's UUID
+            seen = set()
+            while parent_uuid not in by_uuid and parent_uuid in replaced_by and parent_uuid not in seen:
+                seen.add(parent_uuid)
                 parent_uuid = replaced_by[parent_uuid]
             referenced = exclusive = limit = None
             if quotas:

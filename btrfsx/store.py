@@ -292,11 +292,12 @@ class Store:
         parent_uuid = self.lineage().get(layer_uuid, (str(info.parent_uuid or ""), ""))[0]
         self.record_lineage(backup_uuid, parent_uuid, layer_uuid)
         mark = json.dumps({"layer": layer_id, "backup": backup_uuid})  # ids may hold any byte but / and NUL
-        fd = os.open(APPLYING, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=sfd)
+        fd = os.open(APPLYING + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600, dir_fd=sfd)
         try:
             os.write(fd, mark.encode("ascii"))
         finally:
             os.close(fd)
+        os.rename(APPLYING + ".tmp", APPLYING, src_dir_fd=sfd, dst_dir_fd=sfd)  # whole, or not there
 
     def commit_apply(self, sfd: int) -> None:
         with open(f"/proc/self/fd/{sfd}/{APPLYING}", "rb") as f:
@@ -415,31 +416,54 @@ class Store:
 
     # ------------------------------------------------------------ garbage collection
 
-    def gc(self) -> GcReport:
-        """Remove what interrupted operations left: staging directories of
-        processes that are gone (with the subvolumes in them), quota files of
-        layers that do not exist, and qgroups of subvolumes that are gone."""
-        subvolumes: list[str] = []
+    def _orphaned_staging(self):
+        """Yield ``(name, fd, path)`` of each staging directory whose owner is
+        gone, locked by this caller for the time of the iteration."""
         for name in sorted(_listdir(self.staging_root_fd)):
             try:
-                fd = os.open(name, _DIR_FLAGS, dir_fd=self.staging_root_fd)
-            except (FileNotFoundError, NotADirectoryError):
+                fd = os.open(name, _DIR_NOFOLLOW, dir_fd=self.staging_root_fd)
+            except (FileNotFoundError, NotADirectoryError, OSError):
                 continue
             try:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     continue  # its owner lives
-                path = os.path.join(self.staging_path, name)
-                if os.path.exists(os.path.join(path, APPLYING)):
-                    restored = self.abort_apply(fd, path)
-                    subvolumes.append(os.path.join(path, BACKUP) + f" (apply_diff to {restored!r} undone)")
-                for entry in sorted(os.listdir(fd)):
-                    subvolume.remove_tree(os.path.join(path, entry), destroy_subvolumes=True)
-                    subvolumes.append(os.path.join(path, entry))
-                os.rmdir(name, dir_fd=self.staging_root_fd)
+                yield name, fd, os.path.join(self.staging_path, name)
             finally:
                 os.close(fd)
+
+    def recover(self) -> list[str]:
+        """Undo the apply_diff calls whose process died midway (what a new
+        driver does first, so that it never shows a half-applied layer);
+        returns the layer ids put back."""
+        restored = []
+        for _, fd, path in self._orphaned_staging():
+            try:
+                os.stat(APPLYING, dir_fd=fd)
+            except FileNotFoundError:
+                continue
+            restored.append(self.abort_apply(fd, path))
+        return restored
+
+    def gc(self) -> GcReport:
+        """Remove what interrupted operations left: staging directories of
+        processes that are gone (with the subvolumes in them, an interrupted
+        apply_diff undone first), quota files of layers that do not exist,
+        and qgroups of subvolumes that are gone."""
+        subvolumes: list[str] = []
+        for name, fd, path in self._orphaned_staging():
+            try:
+                os.stat(APPLYING, dir_fd=fd)
+            except FileNotFoundError:
+                pass
+            else:
+                restored = self.abort_apply(fd, path)
+                subvolumes.append(os.path.join(path, BACKUP) + f" (apply_diff to {restored!r} undone)")
+            for entry in sorted(os.listdir(fd)):
+                subvolume.remove_tree(os.path.join(path, entry), destroy_subvolumes=True)
+                subvolumes.append(os.path.join(path, entry))
+            os.rmdir(name, dir_fd=self.staging_root_fd)
         quota_files: list[str] = []
         qfd = self.quotas_fd()
         if qfd is not None:
@@ -456,8 +480,34 @@ class Store:
                     except FileNotFoundError:
                         if self.remove_quota(name):
                             quota_files.append(os.path.join(self.quotas_path, name))
-        qgroups = [f"0/{q}" for q in quota.remove_stale_qgroups(self.home_fd)] if os.geteuid() == 0 else []
+        qgroups = []
+        if os.geteuid() == 0:
+            qgroups = [f"0/{q}" for q in quota.remove_stale_qgroups(self.home_fd)]
+            if subvolumes:
+                _ioctl.sync(self.home_fd)  # a destroyed subvolume's root item loses its refs at commit
+            self._prune_lineage()
         return GcReport(subvolumes, quota_files, qgroups)
+
+    def _prune_lineage(self) -> None:
+        """Drop lineage records of subvolumes that no longer exist (a layer
+        removed after a failed apply, an apply that committed before it could
+        drop its record).  A backup still in staging exists, so an apply in
+        flight keeps its record."""
+        records = self.lineage()
+        if not records:
+            return
+        live = set()
+        for item in _ioctl.TreeSearch(self.home_fd, _ioctl.ROOT_TREE_OBJECTID,
+                                      min_objectid=_ioctl.FIRST_FREE_OBJECTID,
+                                      max_objectid=_ioctl.LAST_FREE_OBJECTID, min_type=_ioctl.ROOT_ITEM_KEY,
+                                      max_type=_ioctl.ROOT_ITEM_KEY):
+            if item.type == _ioctl.ROOT_ITEM_KEY:
+                root = _ioctl.decode_root_item(item.data)
+                if root.refs:  # a deleted subvolume keeps its root item, with no refs, until cleaned
+                    live.add(str(root.uuid))
+        for uuid in records:
+            if uuid not in live:
+                self.forget_lineage(uuid)
 
     # ------------------------------------------------------------ closing
 
