@@ -351,6 +351,8 @@ class _Applier:
                   _ioctl.openat2(self.root_fd, rel, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, 0, _BENEATH))
             try:
                 self.metadata_fd(fd, info, prune=True)
+            except (OverflowError, ValueError) as e:
+                raise ArchiveError(f"entry {info.name!r} cannot be applied: {e}") from None
             finally:
                 os.close(fd)
 
