@@ -461,8 +461,11 @@ class Store:
                 restored = self.abort_apply(fd, path)
                 subvolumes.append(os.path.join(path, BACKUP) + f" (apply_diff to {restored!r} undone)")
             for entry in sorted(os.listdir(fd)):
-                subvolume.remove_tree(os.path.join(path, entry), destroy_subvolumes=True)
-                subvolumes.append(os.path.join(path, entry))
+                if stat.S_ISDIR(os.stat(entry, dir_fd=fd, follow_symlinks=False).st_mode):
+                    subvolume.remove_tree(os.path.join(path, entry), destroy_subvolumes=True)
+                    subvolumes.append(os.path.join(path, entry))
+                else:
+                    os.unlink(entry, dir_fd=fd)  # a marker written halfway
             os.rmdir(name, dir_fd=self.staging_root_fd)
         quota_files: list[str] = []
         qfd = self.quotas_fd()
