@@ -5,6 +5,7 @@ store, a read-only filesystem, and what other users may touch."""
 import errno
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -132,6 +133,7 @@ def test_a_full_disk_fails_create_cleanly_and_recovers(tmp_path, btrfs_available
         home = fs.mountpoint / "home"
         with Driver(home) as d:
             d.create("base")
+            d.create("sized", opts=CreateOpts(storage_opt={"size": "1M"}))  # quotas on while there is room
             filler = fs.mountpoint / "filler"
             with open(filler, "wb") as f:
                 try:
@@ -140,18 +142,31 @@ def test_a_full_disk_fails_create_cleanly_and_recovers(tmp_path, btrfs_available
                         f.flush()
                 except OSError as e:
                     assert e.errno == errno.ENOSPC
+            # metadata too: small files (inline data) until that space runs out as well
+            crumbs = fs.mountpoint / "crumbs"
+            crumbs.mkdir()
+            try:
+                for i in range(200_000):
+                    (crumbs / str(i)).write_bytes(b"x" * 1000)
+            except OSError as e:
+                assert e.errno == errno.ENOSPC
             failures = 0
-            for i in range(200):  # metadata may still have room for a few
+            # A snapshot draws on reserves the kernel keeps for it and may still
+            # succeed; a sized layer also needs its quota file written.
+            for i in range(200):
                 try:
-                    d.create(f"l{i}", "base")
+                    d.create(f"l{i}", "base", CreateOpts(storage_opt={"size": "1M"}))
                 except OSError as e:
                     assert e.errno == errno.ENOSPC, e
                     assert not d.exists(f"l{i}")
+                    assert not (home / "quotas" / f"l{i}").exists()
                     failures += 1
                     break
+            assert failures == 1, "the full filesystem never refused a create"
             staging = home / ".btrfsx" / "staging"
             assert [p for s in staging.iterdir() for p in s.iterdir()] == []
             os.unlink(filler)
+            shutil.rmtree(crumbs)
             fd = os.open(fs.mountpoint, os.O_RDONLY)
             try:
                 _ioctl.sync(fd)
