@@ -14,6 +14,12 @@ command -v losetup >/dev/null || need+=(util-linux)
 command -v mount >/dev/null || need+=(mount)
 command -v cc >/dev/null || need+=(gcc libc6-dev)
 [ -e /usr/include/linux/btrfs_tree.h ] || need+=(linux-libc-dev)
+# For the OCI tests: a registry to push to and pull from, readers and
+# writers of OCI layouts, and podman for containers/storage interoperability.
+command -v docker-registry >/dev/null || need+=(docker-registry)
+command -v skopeo >/dev/null || need+=(skopeo)
+command -v umoci >/dev/null || need+=(umoci)
+command -v podman >/dev/null || need+=(podman)
 if ! command -v "$PYTHON" >/dev/null; then
   need+=(python3 python3-dev python3-venv)
 else
