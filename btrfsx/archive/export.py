@@ -14,7 +14,6 @@ import os
 import stat
 import struct
 import tarfile
-import time
 from collections.abc import Iterable, Iterator, Sequence
 
 from btrfsx.archive.changes import Change, ChangeKind
@@ -101,7 +100,13 @@ class _Exporter:
         parent, base = os.path.split(path)
         info = tarfile.TarInfo(os.path.join(parent, WHITEOUT_PREFIX + base).lstrip("/"))
         info.mode = 0
-        info.mtime = int(time.time())
+        # The deletion is what last changed the parent directory, so its mtime
+        # dates the whiteout (containers/storage writes the time of the export,
+        # which would make two exports of one layer differ).
+        try:
+            info.mtime = os.lstat(self.root + os.fsencode(parent)).st_mtime_ns // 1_000_000_000
+        except FileNotFoundError:
+            info.mtime = 0
         return _header(info)
 
     def entry(self, path: str) -> Iterator[bytes]:
