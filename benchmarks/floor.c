@@ -17,6 +17,15 @@
  *                                SNAP_DESTROY the layer by name from its parent:
  *                                "remove NS" (all of it), "find NS" (the open,
  *                                lookup and searches), "nested COUNT"
+ *   floor chain SRC DIR N        a chain of N snapshots in DIR, the first of
+ *                                SRC, each next one of the one before:
+ *                                "chain NS" x N; destroyed afterwards, newest
+ *                                first (not timed)
+ *   floor find LAYER N           N times: INO_LOOKUP of LAYER's id, then its
+ *                                ROOT_REF items recursively (a cached fd):
+ *                                "find NS" x N, then "nested COUNT"
+ *   floor stat DIR NAME N        N fstatat(DIR, NAME, AT_SYMLINK_NOFOLLOW)
+ *                                with a cached DIR fd: "stat NS" x N
  *   floor threads SRC BASE T N   T threads, thread K snapshotting SRC N times
  *                                into BASE/tK (made if missing): "threads NS"
  *                                (wall time from the start barrier to the last
@@ -171,6 +180,57 @@ static int cmd_snapshot(const char *src, const char *dir, long n)
 	return 0;
 }
 
+/* ------------------------------------------------------------ chain */
+
+static int cmd_chain(const char *src, const char *dir, long n)
+{
+	int dirfd = open_dir(dir), prev = open_dir(src);
+	char name[64];
+	int64_t *ts = calloc(n ? n : 1, sizeof(*ts));
+	for (long i = 0; i < n; i++) {
+		snprintf(name, sizeof(name), "floor-k%ld", i);
+		int64_t t0 = now_ns();
+		if (snap_create(prev, dirfd, name) < 0)
+			die("SNAP_CREATE_V2", name);
+		ts[i] = now_ns() - t0;
+		close(prev);
+		prev = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (prev < 0)
+			die("open", name);
+	}
+	close(prev);
+	for (long i = n; i-- > 0;) {
+		snprintf(name, sizeof(name), "floor-k%ld", i);
+		if (snap_destroy(dirfd, name) < 0)
+			die("SNAP_DESTROY", name);
+	}
+	for (long i = 0; i < n; i++)
+		printf("chain %lld\n", (long long)ts[i]);
+	free(ts);
+	close(dirfd);
+	return 0;
+}
+
+/* ------------------------------------------------------------ stat */
+
+static int cmd_stat(const char *dir, const char *name, long n)
+{
+	int dirfd = open_dir(dir);
+	struct stat st;
+	int64_t *ts = calloc(n ? n : 1, sizeof(*ts));
+	for (long i = 0; i < n; i++) {
+		int64_t t0 = now_ns();
+		if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+			die("fstatat", name);
+		ts[i] = now_ns() - t0;
+	}
+	for (long i = 0; i < n; i++)
+		printf("stat %lld\n", (long long)ts[i]);
+	free(ts);
+	close(dirfd);
+	return 0;
+}
+
 /* ------------------------------------------------------------ remove */
 
 struct idlist {
@@ -281,6 +341,32 @@ static int remove_one(const char *layer)
 	return 0;
 }
 
+static int cmd_find(const char *layer, long n)
+{
+	int fd = open_dir(layer);
+	int64_t *ts = calloc(n ? n : 1, sizeof(*ts));
+	size_t count = 0;
+	for (long i = 0; i < n; i++) {
+		struct idlist nested = {0};
+		int64_t t0 = now_ns();
+		struct btrfs_ioctl_ino_lookup_args look;
+		memset(&look, 0, sizeof(look));
+		look.objectid = BTRFS_FIRST_FREE_OBJECTID;
+		if (ioctl(fd, BTRFS_IOC_INO_LOOKUP, &look) < 0)
+			die("INO_LOOKUP", layer);
+		find_nested(fd, look.treeid, &nested);
+		ts[i] = now_ns() - t0;
+		count = nested.len;
+		free(nested.ids);
+	}
+	for (long i = 0; i < n; i++)
+		printf("find %lld\n", (long long)ts[i]);
+	printf("nested %zu\n", count);
+	free(ts);
+	close(fd);
+	return 0;
+}
+
 /* ------------------------------------------------------------ threads */
 
 struct worker {
@@ -366,6 +452,9 @@ static void usage(void)
 {
 	fputs("usage: floor create DIR N\n"
 	      "       floor snapshot SRC DIR N\n"
+	      "       floor chain SRC DIR N\n"
+	      "       floor find LAYER N\n"
+	      "       floor stat DIR NAME N\n"
 	      "       floor remove LAYERPATH...\n"
 	      "       floor threads SRC BASEDIR T N\n", stderr);
 	exit(2);
@@ -380,6 +469,12 @@ int main(int argc, char **argv)
 		return cmd_create(argv[2], parse_count(argv[3]));
 	if (!strcmp(cmd, "snapshot") && argc == 5)
 		return cmd_snapshot(argv[2], argv[3], parse_count(argv[4]));
+	if (!strcmp(cmd, "chain") && argc == 5)
+		return cmd_chain(argv[2], argv[3], parse_count(argv[4]));
+	if (!strcmp(cmd, "find") && argc == 4)
+		return cmd_find(argv[2], parse_count(argv[3]));
+	if (!strcmp(cmd, "stat") && argc == 5)
+		return cmd_stat(argv[2], argv[3], parse_count(argv[4]));
 	if (!strcmp(cmd, "remove") && argc >= 3) {
 		for (int i = 2; i < argc; i++)
 			remove_one(argv[i]);
