@@ -42,6 +42,8 @@ EXAMPLES = {
     "gc": "btrfsx gc",
     "demo": "btrfsx demo --builds 5 --layers 3",
     "loopback": "btrfsx loopback status; btrfsx loopback destroy",
+    "export-oci": "btrfsx export-oci app ./image --tag v1 && skopeo copy oci:./image:v1 docker://registry/app:v1",
+    "import-oci": "skopeo copy docker://registry/app:v1 oci:./image:v1 && btrfsx import-oci ./image --tag v1",
 }
 
 
@@ -283,6 +285,37 @@ def cmd_diff_size(args) -> int:
     return 0
 
 
+def cmd_export_oci(args) -> int:
+    from btrfsx.oci import export_oci
+    with _driver(args) as d:
+        status = _console(stderr=True).status(f"exporting {args.id}") if _interactive() else nullcontext()
+        with status:
+            exported = export_oci(d, args.id, args.directory, tag=args.tag)
+    if args.json:
+        _emit_json({"id": args.id, "directory": args.directory, "tag": args.tag,
+                    "manifest": exported.manifest.digest, "config": exported.config.digest,
+                    "layers": [{"id": lid, "digest": desc.digest, "size": desc.size, "diff_id": diff_id}
+                               for lid, desc, diff_id in zip(exported.layer_ids, exported.layers,
+                                                             exported.diff_ids)]})
+    else:
+        print(exported.manifest.digest)
+    return 0
+
+
+def cmd_import_oci(args) -> int:
+    from btrfsx.oci import import_oci
+    with _driver(args) as d:
+        status = _console(stderr=True).status(f"importing {args.directory}") if _interactive() else nullcontext()
+        with status:
+            top = import_oci(d, args.directory, tag=args.tag)
+        path = d.get(top)
+    if args.json:
+        _emit_json({"id": top, "directory": args.directory, "tag": args.tag, "path": path})
+    else:
+        print(top)
+    return 0
+
+
 def cmd_gc(args) -> int:
     status = _console(stderr=True).status("collecting garbage") if _interactive() else nullcontext()
     with _driver(args) as d, status:
@@ -512,6 +545,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id")
     p.add_argument("file", help="the tar file, or - for stdin")
     p.add_argument("--parent", help="the layer's parent (informational, as in containers/storage)")
+    p = command("export-oci", cmd_export_oci, "write a layer and its ancestors as an image in an OCI layout")
+    p.add_argument("id")
+    p.add_argument("directory", help="the OCI image layout (made if missing; other images in it are kept)")
+    p.add_argument("--tag", help="name the image in the layout (org.opencontainers.image.ref.name)")
+    p = command("import-oci", cmd_import_oci,
+                "apply an image of an OCI layout as layers named by chain id; prints the top layer")
+    p.add_argument("directory", help="the OCI image layout")
+    p.add_argument("--tag", help="the image to import (default: the layout's only image)")
     command("gc", cmd_gc, "remove what interrupted operations left behind")
     p = command("demo", cmd_demo, "the main job: a CI builder's day in small, timed")
     p.add_argument("--builds", type=int, default=20, help="builds to run (default 20)")

@@ -1,0 +1,480 @@
+"""OCI image layouts: ``export_oci`` and ``import_oci`` (and the commands).
+
+The layout is checked independently of the code that wrote it (every blob
+re-hashed, every layer decompressed and its diff id recomputed), exports
+are reproducible, and layer chains survive a round trip into a second store
+file by file, whatever the compression of the blobs.  A damaged blob fails
+the import and leaves no layer behind; a chain already imported is reused,
+and one left half-made is redone.
+"""
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import stat
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from btrfsx import ArchiveError, Driver
+from btrfsx.oci import (MEDIA_TYPE_CONFIG, MEDIA_TYPE_INDEX, MEDIA_TYPE_LAYER, MEDIA_TYPE_LAYER_GZIP,
+                        MEDIA_TYPE_LAYER_ZSTD, MEDIA_TYPE_MANIFEST, REF_NAME, chain_ids, export_oci, import_oci)
+
+MiB = 1 << 20
+
+
+# ---------------------------------------------------------------- trees
+
+def _xattrs(path) -> dict:
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return {}
+    return {n: os.getxattr(path, n, follow_symlinks=False) for n in sorted(names)}
+
+
+def tree(root, mtimes: bool = True) -> dict:
+    """Every entry below ``root``: type, mode, owner, size, mtime, device,
+    symlink target, xattrs, content hash and hard-link group."""
+    root = os.fspath(root)
+    out: dict[str, dict] = {}
+    inodes: dict[int, list[str]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(dirnames + filenames):
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, root)
+            st = os.lstat(full)
+            digest = None
+            if stat.S_ISREG(st.st_mode):
+                with open(full, "rb") as f:
+                    digest = hashlib.file_digest(f, "sha256").hexdigest()
+            out[rel] = {
+                "type": stat.S_IFMT(st.st_mode), "mode": oct(stat.S_IMODE(st.st_mode)),
+                "uid": st.st_uid, "gid": st.st_gid,
+                "size": None if stat.S_ISDIR(st.st_mode) else st.st_size,
+                "mtime_ns": st.st_mtime_ns if mtimes else None, "rdev": st.st_rdev,
+                "target": os.readlink(full) if stat.S_ISLNK(st.st_mode) else None,
+                "xattrs": _xattrs(full), "sha256": digest, "links": (),
+            }
+            if not stat.S_ISDIR(st.st_mode) and st.st_nlink > 1:
+                inodes.setdefault(st.st_ino, []).append(rel)
+    for group in inodes.values():
+        for rel in group:
+            out[rel]["links"] = tuple(sorted(group))
+    return out
+
+
+def assert_same_tree(first, second, mtimes: bool = True) -> None:
+    a, b = tree(first, mtimes), tree(second, mtimes)
+    diffs = []
+    for key in sorted(a.keys() | b.keys()):
+        if key not in b:
+            diffs.append(f"only in {first}: {key}")
+        elif key not in a:
+            diffs.append(f"only in {second}: {key}")
+        elif a[key] != b[key]:
+            diffs.append(f"{key}: " + str({f: (a[key][f], b[key][f]) for f in a[key] if a[key][f] != b[key][f]}))
+    assert not diffs, "\n".join(diffs)
+
+
+# ---------------------------------------------------------------- a chain of three layers
+
+def _write(path, data: bytes = b"", mode: int = 0o644, owner=None, mtime_ns=None) -> None:
+    path = Path(path)
+    path.write_bytes(data)
+    os.chmod(path, mode)
+    if owner:
+        os.chown(path, *owner)
+    if mtime_ns:
+        os.utime(path, ns=(mtime_ns, mtime_ns))
+
+
+def make_chain(d: Driver, prefix: str = "") -> list[str]:
+    """base <- mid <- top, with every kind of entry and change a layer carries."""
+    base, mid, top = f"{prefix}base", f"{prefix}mid", f"{prefix}top"
+    d.create(base)
+    root = Path(d.get(base))
+    for sub in ("etc", "usr/bin", "usr/share/doc", "var/lib/app", "gone/deep"):
+        (root / sub).mkdir(parents=True)
+    _write(root / "etc/passwd", b"root:x:0:0::/root:/bin/sh\n")
+    _write(root / "etc/shadow", b"root:*:1::::::\n", mode=0o640, owner=(0, 42))
+    _write(root / "usr/bin/tool", b"#!/bin/sh\nexit 0\n" * 50, mode=0o4755, mtime_ns=1_600_000_000_123_456_789)
+    _write(root / "usr/bin/big", os.urandom(3 * MiB + 17), mode=0o755)   # incompressible, several chunks
+    _write(root / "usr/share/doc/README", b"read me\n" * 1000, owner=(1000, 1001))
+    _write(root / "usr/share/doc/empty")
+    _write(root / "gone/deep/file", b"to be deleted with its directory\n")
+    _write(root / "etc/delete-me", b"x")
+    os.link(root / "usr/bin/tool", root / "usr/bin/tool-link")
+    os.symlink("tool", root / "usr/bin/rel-link")
+    os.symlink("/etc/passwd", root / "etc/abs-link")
+    os.symlink("/nowhere/at/all", root / "etc/dangling")
+    os.mkfifo(root / "var/lib/app/fifo", 0o600)
+    os.setxattr(root / "etc/passwd", "user.origin", b"base layer")
+    os.setxattr(root / "var/lib/app", "user.dir", b"\x00\x01binary")
+    os.chown(root / "var/lib/app", 999, 998)
+    os.chmod(root / "var/lib/app", 0o750)
+
+    d.create(mid, base)
+    root = Path(d.get(mid))
+    _write(root / "etc/passwd", b"root:x:0:0::/root:/bin/sh\napp:x:999:998::/var/lib/app:/bin/false\n")
+    os.setxattr(root / "etc/passwd", "user.origin", b"mid layer")
+    os.unlink(root / "etc/delete-me")
+    subprocess.run(["rm", "-rf", str(root / "gone")], check=True)
+    os.chmod(root / "usr/share/doc/README", 0o600)
+    os.chown(root / "usr/share/doc/empty", 5, 6)
+    (root / "opt/app").mkdir(parents=True)
+    _write(root / "opt/app/run", b"run\n" * 10, mode=0o755)
+    os.link(root / "opt/app/run", root / "opt/app/run2")
+
+    d.create(top, mid)
+    root = Path(d.get(top))
+    os.unlink(root / "usr/bin/big")                          # a base file deleted two layers up
+    subprocess.run(["rm", "-rf", str(root / "var/lib/app")], check=True)
+    _write(root / "var/lib/app", b"now a file\n")            # a directory replaced by a file
+    os.unlink(root / "usr/bin/rel-link")
+    os.symlink("tool-link", root / "usr/bin/rel-link")       # a symlink retargeted
+    _write(root / "opt/app/config.json", b'{"debug": true}\n', mode=0o600, owner=(999, 998))
+    return [base, mid, top]
+
+
+# ---------------------------------------------------------------- fixtures
+
+def _open(path: Path):
+    d = Driver(path)
+    try:
+        yield d
+    finally:
+        d.close()
+
+
+@pytest.fixture
+def src(btrfs_dir):
+    yield from _open(btrfs_dir / "a")
+
+
+@pytest.fixture
+def dst(btrfs_dir):
+    yield from _open(btrfs_dir / "b")
+
+
+@pytest.fixture
+def chain(src):
+    return make_chain(src)
+
+
+@pytest.fixture
+def image(src, chain, tmp_path):
+    out = tmp_path / "image"
+    return out, export_oci(src, chain[-1], out, tag="v1")
+
+
+# ---------------------------------------------------------------- layout helpers
+
+def blob(layout: Path, digest: str) -> Path:
+    alg, hexdigest = digest.split(":")
+    return layout / "blobs" / alg / hexdigest
+
+
+def read_json(layout: Path, digest: str) -> dict:
+    return json.loads(blob(layout, digest).read_bytes())
+
+
+def write_blob(layout: Path, data: bytes) -> dict:
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    blob(layout, digest).write_bytes(data)
+    return {"digest": digest, "size": len(data)}
+
+
+def rewrite_image(layout: Path, layers: list[tuple[str, bytes]], diff_ids: list[str] | None = None,
+                  tag: str = "v1") -> None:
+    """Replace the tagged image of ``layout`` by one of ``layers`` ((media
+    type, blob bytes)), with the config's other fields kept."""
+    index = json.loads((layout / "index.json").read_bytes())
+    entry = next(m for m in index["manifests"] if m["annotations"][REF_NAME] == tag)
+    manifest = read_json(layout, entry["digest"])
+    config = read_json(layout, manifest["config"]["digest"])
+    if diff_ids is not None:
+        config["rootfs"]["diff_ids"] = diff_ids
+    manifest["config"] = {"mediaType": MEDIA_TYPE_CONFIG, **write_blob(layout, json.dumps(config).encode())}
+    manifest["layers"] = [{"mediaType": mt, **write_blob(layout, data)} for mt, data in layers]
+    entry.update(write_blob(layout, json.dumps(manifest).encode()))
+    (layout / "index.json").write_text(json.dumps(index))
+
+
+def uncompressed_layers(layout: Path, tag: str = "v1") -> list[bytes]:
+    index = json.loads((layout / "index.json").read_bytes())
+    entry = next(m for m in index["manifests"] if m["annotations"][REF_NAME] == tag)
+    return [gzip.decompress(blob(layout, layer["digest"]).read_bytes())
+            for layer in read_json(layout, entry["digest"])["layers"]]
+
+
+# ---------------------------------------------------------------- export
+
+def test_export_writes_an_oci_layout_whose_digests_check_out(src, chain, image):
+    layout, exported = image
+    assert json.loads((layout / "oci-layout").read_bytes()) == {"imageLayoutVersion": "1.0.0"}
+    index = json.loads((layout / "index.json").read_bytes())
+    assert index["schemaVersion"] == 2 and index["mediaType"] == MEDIA_TYPE_INDEX
+    [entry] = index["manifests"]
+    assert entry["mediaType"] == MEDIA_TYPE_MANIFEST
+    assert entry["annotations"] == {REF_NAME: "v1"}
+    assert entry["digest"] == exported.manifest.digest
+
+    # every blob is named by the sha256 of its bytes, and nothing else is there
+    blobs = sorted((layout / "blobs" / "sha256").iterdir())
+    for path in blobs:
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == path.name
+    assert len(blobs) == 2 + len(chain)  # no temporary files left
+
+    def check(desc, media_type):
+        assert desc["mediaType"] == media_type
+        assert blob(layout, desc["digest"]).stat().st_size == desc["size"]
+    check(entry, MEDIA_TYPE_MANIFEST)
+    manifest = read_json(layout, entry["digest"])
+    assert manifest["schemaVersion"] == 2 and manifest["mediaType"] == MEDIA_TYPE_MANIFEST
+    check(manifest["config"], MEDIA_TYPE_CONFIG)
+    config = read_json(layout, manifest["config"]["digest"])
+    assert config["os"] == "linux"
+    assert config["architecture"] == {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine,
+                                                                                 config["architecture"])
+    assert config["rootfs"]["type"] == "layers"
+    assert len(config["history"]) == len(chain) == len(manifest["layers"])
+
+    # each layer: gzip without a timestamp or file name, whose contents are
+    # the layer's diff against its parent, hashed to the config's diff id
+    diff_ids = []
+    for layer_id, parent, desc in zip(chain, [None] + chain[:-1], manifest["layers"]):
+        check(desc, MEDIA_TYPE_LAYER_GZIP)
+        data = blob(layout, desc["digest"]).read_bytes()
+        assert data[:3] == b"\x1f\x8b\x08" and data[3] & 0x08 == 0 and data[4:8] == b"\0\0\0\0"
+        plain = gzip.decompress(data)
+        with src.diff(layer_id, parent) as stream:
+            assert plain == stream.read()
+        diff_ids.append("sha256:" + hashlib.sha256(plain).hexdigest())
+    assert config["rootfs"]["diff_ids"] == diff_ids == exported.diff_ids
+    names = [m.name for m in tarfile.open(fileobj=io.BytesIO(uncompressed_layers(layout)[2]))]
+    assert "usr/bin/.wh.big" in names and "var/lib/.wh.app" not in names  # replaced, not deleted
+    assert exported.layer_ids == chain
+
+
+def test_export_is_reproducible_and_reuses_blobs(src, chain, image, tmp_path):
+    layout, first = image
+    before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (layout / "blobs/sha256").iterdir()}
+    index = (layout / "index.json").read_bytes()
+    again = export_oci(src, chain[-1], layout, tag="v1")
+    assert again == first
+    assert (layout / "index.json").read_bytes() == index  # the tag moved to the same image: one entry
+    after = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (layout / "blobs/sha256").iterdir()}
+    assert after == before  # existing blobs were not rewritten
+
+    fresh = tmp_path / "fresh"
+    third = export_oci(src, chain[-1], fresh, tag="v1")
+    assert third == first
+    assert (fresh / "index.json").read_bytes() == index
+    for name in before:
+        assert (fresh / "blobs/sha256" / name).read_bytes() == (layout / "blobs/sha256" / name).read_bytes()
+
+    # a second image in the same layout shares the lower layers' blobs
+    mid = export_oci(src, chain[1], layout, tag="mid")
+    assert mid.layers == first.layers[:2]
+    tags = [m["annotations"][REF_NAME] for m in json.loads((layout / "index.json").read_bytes())["manifests"]]
+    assert tags == ["v1", "mid"]
+
+
+# ---------------------------------------------------------------- import
+
+def test_round_trip_into_a_second_store(src, dst, chain, image):
+    layout, exported = image
+    top = import_oci(dst, layout, tag="v1")
+    ids = [c.split(":")[1] for c in chain_ids(exported.diff_ids)]
+    assert top == ids[-1]
+    assert dst.layers() == sorted(ids)
+    assert [dst.parent(i) for i in ids] == [None] + ids[:-1]
+    for original, imported in zip(chain, ids):
+        assert_same_tree(src.get(original), dst.get(imported))
+    root = Path(dst.get(top))
+    assert not (root / "usr/bin/big").exists() and not (root / "gone").exists()
+    assert (root / "var/lib/app").read_bytes() == b"now a file\n"
+    assert os.stat(root / "opt/app/run").st_ino == os.stat(root / "opt/app/run2").st_ino
+    assert os.getxattr(root / "etc/passwd", "user.origin") == b"mid layer"
+    assert os.lstat(root / "etc/shadow").st_gid == 42
+    # imported layers are read-only as the driver makes them: root mode kept
+    assert stat.S_IMODE(os.stat(dst.get(ids[0])).st_mode) == stat.S_IMODE(os.stat(src.get(chain[0])).st_mode)
+
+    # and out again: the same layer blobs, digest for digest
+    again = export_oci(dst, top, layout.parent / "again")
+    assert again.layers == exported.layers and again.diff_ids == exported.diff_ids
+
+
+def test_zstd_and_uncompressed_blobs_import(src, dst, chain, image):
+    layout, exported = image
+    plain = uncompressed_layers(layout)
+    rewrite_image(layout, [(MEDIA_TYPE_LAYER_ZSTD, zstandard.ZstdCompressor(level=3).compress(plain[0])),
+                           (MEDIA_TYPE_LAYER, plain[1]),
+                           (MEDIA_TYPE_LAYER_ZSTD, zstandard.ZstdCompressor(level=19).compress(plain[2]))])
+    top = import_oci(dst, layout, tag="v1")
+    ids = [c.split(":")[1] for c in chain_ids(exported.diff_ids)]
+    assert top == ids[-1]
+    for original, imported in zip(chain, ids):
+        assert_same_tree(src.get(original), dst.get(imported))
+
+
+def _layers_and_markers(d: Driver) -> tuple[list[str], list[str]]:
+    markers = Path(d.home, ".btrfsx/oci")
+    return d.layers(), sorted(p.name for p in markers.iterdir() if p.stat().st_size)
+
+
+def test_a_blob_that_does_not_match_its_digest_fails_and_leaves_no_layer(dst, image):
+    layout, exported = image
+    ids = [c.split(":")[1] for c in chain_ids(exported.diff_ids)]
+    damaged = blob(layout, exported.layers[1].digest)
+    original = damaged.read_bytes()
+    # the gzip header's timestamp: the layer still decompresses and applies
+    # cleanly, so only the digest check can catch it
+    damaged.write_bytes(original[:4] + b"\x01" + original[5:])
+    with pytest.raises(ArchiveError) as e:
+        import_oci(dst, layout, tag="v1")
+    message = str(e.value)
+    assert exported.layers[1].digest in message and "digest mismatch" in message and str(layout) in message
+    assert _layers_and_markers(dst) == ([ids[0]], [ids[0]])  # the verified base stays, nothing half-made
+
+    # bytes flipped inside the compressed data, and a blob cut short
+    damaged.write_bytes(original[:len(original) // 2] + bytes([original[len(original) // 2] ^ 0xFF])
+                        + original[len(original) // 2 + 1:])
+    with pytest.raises(ArchiveError, match=exported.layers[1].digest):
+        import_oci(dst, layout, tag="v1")
+    assert _layers_and_markers(dst) == ([ids[0]], [ids[0]])
+    damaged.write_bytes(original[:-100])
+    with pytest.raises(ArchiveError, match=f"{exported.layers[1].digest}.*expected {len(original)} bytes"):
+        import_oci(dst, layout, tag="v1")
+    assert _layers_and_markers(dst) == ([ids[0]], [ids[0]])
+
+    damaged.write_bytes(original)
+    assert import_oci(dst, layout, tag="v1") == ids[-1]
+    assert _layers_and_markers(dst) == (sorted(ids), sorted(ids))
+
+
+def test_a_layer_that_does_not_match_its_diff_id_fails(dst, image):
+    layout, exported = image
+    plain = uncompressed_layers(layout)
+    wrong = list(exported.diff_ids)
+    wrong[2] = "sha256:" + hashlib.sha256(b"something else").hexdigest()
+    rewrite_image(layout, [(MEDIA_TYPE_LAYER, p) for p in plain], diff_ids=wrong)
+    with pytest.raises(ArchiveError, match="diff id.*expected " + wrong[2]):
+        import_oci(dst, layout, tag="v1")
+    ids = [c.split(":")[1] for c in chain_ids(wrong)]
+    assert dst.layers() == sorted(ids[:2])
+
+
+def test_reimport_reuses_the_chain_without_reading_blobs(dst, image):
+    layout, exported = image
+    top = import_oci(dst, layout, tag="v1")
+    before = {i.id: (i.uuid, i.created, os.stat(dst.get(i.id)).st_ino) for i in dst.layer_infos()}
+    for desc in exported.layers:
+        blob(layout, desc.digest).unlink()  # any attempt to apply a layer would now fail
+    assert import_oci(dst, layout, tag="v1") == top
+    after = {i.id: (i.uuid, i.created, os.stat(dst.get(i.id)).st_ino) for i in dst.layer_infos()}
+    assert after == before
+
+
+def test_a_chain_shared_in_part_applies_only_the_new_layers(src, dst, chain, image):
+    layout, exported = image
+    export_oci(src, chain[1], layout, tag="mid")
+    mid = import_oci(dst, layout, tag="mid")
+    before = {i.id: i.uuid for i in dst.layer_infos()}
+    assert len(before) == 2
+    blob(layout, exported.layers[0].digest).unlink()
+    top = import_oci(dst, layout, tag="v1")
+    assert dst.parent(top) == mid
+    assert {i: dst.layer_infos([i])[0].uuid for i in before} == before
+
+
+def test_a_half_made_layer_is_redone(src, dst, chain, image):
+    layout, exported = image
+    ids = [c.split(":")[1] for c in chain_ids(exported.diff_ids)]
+    import_oci(dst, layout, tag="v1")
+    # a crash between create and apply: the layer exists, empty (a snapshot
+    # of its parent), and its marker names the subvolume that was there before
+    dst.remove(ids[2])
+    dst.create(ids[2], ids[1])
+    assert not (Path(dst.get(ids[2])) / "opt/app/config.json").exists()
+    base_uuid = dst.layer_infos([ids[0]])[0].uuid
+    assert import_oci(dst, layout, tag="v1") == ids[2]
+    assert_same_tree(src.get(chain[2]), dst.get(ids[2]))
+    assert dst.layer_infos([ids[0]])[0].uuid == base_uuid
+
+    # and with no marker at all (a crash before the first marker was written)
+    dst.remove(ids[2])
+    dst.create(ids[2], ids[1])
+    (Path(dst.home) / ".btrfsx/oci" / ids[2]).unlink()
+    assert import_oci(dst, layout, tag="v1") == ids[2]
+    assert_same_tree(src.get(chain[2]), dst.get(ids[2]))
+
+
+def test_errors_name_the_layout_tag_and_blob(dst, src, chain, image, tmp_path):
+    layout, exported = image
+    missing = tmp_path / "nowhere"
+    with pytest.raises(FileNotFoundError, match=f"{missing} is not an OCI image layout"):
+        import_oci(dst, missing)
+    with pytest.raises(FileNotFoundError, match="no image tagged 'v2'.*tags: v1"):
+        import_oci(dst, layout, tag="v2")
+    export_oci(src, chain[0], layout, tag="base")
+    with pytest.raises(ValueError, match=f"{layout} holds 2 images: give a tag .tags: base, v1"):
+        import_oci(dst, layout)
+    blob(layout, exported.layers[0].digest).unlink()
+    with pytest.raises(FileNotFoundError, match=f"layer blob {exported.layers[0].digest} is missing"):
+        import_oci(dst, layout, tag="v1")
+    blob(layout, exported.config.digest).write_bytes(b"{}")
+    with pytest.raises(ArchiveError, match=f"config blob {exported.config.digest}"):
+        import_oci(dst, layout, tag="v1")
+    assert dst.layers() == []
+    with pytest.raises(FileNotFoundError, match="nope"):
+        export_oci(src, "nope", tmp_path / "x")
+
+
+def test_untagged_export_is_the_only_image_to_import(src, dst, chain, tmp_path):
+    exported = export_oci(src, chain[1], tmp_path / "image")
+    index = json.loads((tmp_path / "image/index.json").read_bytes())
+    assert "annotations" not in index["manifests"][0]
+    top = import_oci(dst, tmp_path / "image")
+    assert top == chain_ids(exported.diff_ids)[-1].split(":")[1]
+    assert_same_tree(src.get(chain[1]), dst.get(top))
+
+
+# ---------------------------------------------------------------- the commands
+
+def btrfsx(*args, home):
+    proc = subprocess.run([sys.executable, "-m", "btrfsx", *args, "--home", str(home)], capture_output=True)
+    return proc
+
+
+def test_export_and_import_commands(src, dst, chain, tmp_path):
+    src_home, dst_home = src.home, dst.home
+    out = btrfsx("export-oci", chain[-1], str(tmp_path / "img"), "--tag", "v1", "--json", home=src_home)
+    assert out.returncode == 0, out.stderr.decode()
+    report = json.loads(out.stdout)
+    assert [layer["id"] for layer in report["layers"]] == chain
+    index = json.loads((tmp_path / "img/index.json").read_bytes())
+    assert index["manifests"][0]["digest"] == report["manifest"]
+
+    out = btrfsx("import-oci", str(tmp_path / "img"), "--tag", "v1", home=dst_home)
+    assert out.returncode == 0, out.stderr.decode()
+    top = out.stdout.decode().strip()
+    assert top == chain_ids([layer["diff_id"] for layer in report["layers"]])[-1].split(":")[1]
+    assert_same_tree(src.get(chain[-1]), dst.get(top))
+    out = btrfsx("import-oci", str(tmp_path / "img"), "--tag", "v1", "--json", home=dst_home)
+    assert json.loads(out.stdout) == {"id": top, "directory": str(tmp_path / "img"), "tag": "v1",
+                                      "path": dst.get(top)}
+
+    out = btrfsx("import-oci", str(tmp_path / "img"), "--tag", "v9", home=dst_home)
+    assert out.returncode == 1
+    assert out.stderr.decode().startswith("btrfsx: no image tagged 'v9' in ")
+    out = btrfsx("export-oci", "missing", str(tmp_path / "img2"), home=src_home)
+    assert out.returncode == 1 and "layer 'missing' does not exist" in out.stderr.decode()
