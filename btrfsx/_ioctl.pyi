@@ -29,6 +29,7 @@ ROOT_SUBVOL_RDONLY: Final[int]
 
 INODE_ITEM_KEY: Final[int]
 INODE_REF_KEY: Final[int]
+INODE_EXTREF_KEY: Final[int]
 XATTR_ITEM_KEY: Final[int]
 DIR_ITEM_KEY: Final[int]
 DIR_INDEX_KEY: Final[int]
@@ -139,6 +140,21 @@ class InodeItem(NamedTuple):
     ctime_ns: int
     mtime_ns: int
     otime_ns: int
+
+class InodeRef(NamedTuple):
+    """One name of an inode: the directory inode it is in, its index there, and the name."""
+
+    parent: int
+    index: int
+    name: bytes
+
+class FileExtent(NamedTuple):
+    """The head of an EXTENT_DATA item."""
+
+    generation: int
+    ram_bytes: int
+    compression: int
+    type: int
 
 class DirItem(NamedTuple):
     """One entry of a DIR_ITEM/DIR_INDEX/XATTR_ITEM."""
@@ -302,6 +318,15 @@ def decode_root_ref(data: bytes) -> RootRef:
 
 def decode_dir_items(data: bytes) -> list[DirItem]:
     """The entries packed in one DIR_ITEM, DIR_INDEX or XATTR_ITEM."""
+
+def decode_inode_refs(data: bytes, parent: int) -> list[InodeRef]:
+    """The names packed in one INODE_REF item."""
+
+def decode_inode_extrefs(data: bytes) -> list[InodeRef]:
+    """The names packed in one INODE_EXTREF item."""
+
+def decode_file_extent(data: bytes) -> FileExtent:
+    """The head of an EXTENT_DATA item."""
 
 def decode_qgroup_status(data: bytes) -> QgroupStatus:
     """A QGROUP_STATUS item."""

@@ -108,6 +108,7 @@ ROOT_SUBVOL_RDONLY = BTRFS_ROOT_SUBVOL_RDONLY
 
 INODE_ITEM_KEY = BTRFS_INODE_ITEM_KEY
 INODE_REF_KEY = BTRFS_INODE_REF_KEY
+INODE_EXTREF_KEY = BTRFS_INODE_EXTREF_KEY
 XATTR_ITEM_KEY = BTRFS_XATTR_ITEM_KEY
 DIR_ITEM_KEY = BTRFS_DIR_ITEM_KEY
 DIR_INDEX_KEY = BTRFS_DIR_INDEX_KEY
@@ -184,6 +185,12 @@ InodeItem = _record("InodeItem", [
     "generation", "transid", "size", "nbytes", "nlink", "uid", "gid", "mode",
     "rdev", "flags", "sequence", "atime_ns", "ctime_ns", "mtime_ns", "otime_ns",
 ])
+
+InodeRef = _record("InodeRef", ["parent", "index", "name"])
+InodeRef.__doc__ = """One name of an inode: the directory inode it is in, its index there, and the name."""
+
+FileExtent = _record("FileExtent", ["generation", "ram_bytes", "compression", "type"])
+FileExtent.__doc__ = """The head of an EXTENT_DATA item: ``generation`` is the transaction that wrote the extent."""
 
 DirItem = _record("DirItem", [
     "location_objectid", "location_type", "location_offset", "transid", "type", "name", "data",
@@ -719,6 +726,56 @@ def decode_dir_items(bytes data not None):
         ))
         pos += name_len + data_len
     return out
+
+
+def decode_inode_refs(bytes data not None, uint64_t parent):
+    """The names packed in one INODE_REF item (key: inode, INODE_REF_KEY,
+    ``parent`` directory), as a list of InodeRef."""
+    cdef const char *p = PyBytes_AS_STRING(data)
+    cdef size_t size = PyBytes_GET_SIZE(data)
+    cdef size_t pos = 0, name_len
+    cdef const btrfs_inode_ref *r
+    cdef list out = []
+    while pos < size:
+        if size - pos < sizeof(btrfs_inode_ref):
+            raise ValueError(f"INODE_REF truncated at byte {pos} of {size}")
+        r = <const btrfs_inode_ref *>(p + pos)
+        name_len = le16toh(r.name_len)
+        pos += sizeof(btrfs_inode_ref)
+        if size - pos < name_len:
+            raise ValueError(f"INODE_REF name at byte {pos} overruns the item ({size} bytes)")
+        out.append(InodeRef(parent, le64toh(r.index), PyBytes_FromStringAndSize(p + pos, name_len)))
+        pos += name_len
+    return out
+
+
+def decode_inode_extrefs(bytes data not None):
+    """The names packed in one INODE_EXTREF item (the overflow of an inode
+    with more hard links in one directory than an INODE_REF holds)."""
+    cdef const char *p = PyBytes_AS_STRING(data)
+    cdef size_t size = PyBytes_GET_SIZE(data)
+    cdef size_t pos = 0, name_len
+    cdef const btrfs_inode_extref *r
+    cdef list out = []
+    while pos < size:
+        if size - pos < sizeof(btrfs_inode_extref):
+            raise ValueError(f"INODE_EXTREF truncated at byte {pos} of {size}")
+        r = <const btrfs_inode_extref *>(p + pos)
+        name_len = le16toh(r.name_len)
+        pos += sizeof(btrfs_inode_extref)
+        if size - pos < name_len:
+            raise ValueError(f"INODE_EXTREF name at byte {pos} overruns the item ({size} bytes)")
+        out.append(InodeRef(le64toh(r.parent_objectid), le64toh(r.index),
+                            PyBytes_FromStringAndSize(p + pos, name_len)))
+        pos += name_len
+    return out
+
+
+def decode_file_extent(bytes data not None):
+    """The head of an EXTENT_DATA item (inline or regular)."""
+    cdef const btrfs_file_extent_item *e = <const btrfs_file_extent_item *>_need(
+        data, BTRFS_FILE_EXTENT_INLINE_DATA_START, "EXTENT_DATA")
+    return FileExtent(le64toh(e.generation), le64toh(e.ram_bytes), e.compression, e.type)
 
 
 def decode_qgroup_status(bytes data not None):

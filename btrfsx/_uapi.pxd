@@ -64,6 +64,7 @@ cdef extern from "btrfsx_compat.h" nogil:
     enum:
         BTRFS_INODE_ITEM_KEY
         BTRFS_INODE_REF_KEY
+        BTRFS_INODE_EXTREF_KEY
         BTRFS_XATTR_ITEM_KEY
         BTRFS_DIR_ITEM_KEY
         BTRFS_DIR_INDEX_KEY
@@ -255,6 +256,26 @@ cdef extern from "btrfsx_compat.h" nogil:
         btrfs_timespec ctime
         btrfs_timespec mtime
         btrfs_timespec otime
+
+    struct btrfs_inode_ref:
+        uint64_t index
+        uint16_t name_len
+
+    struct btrfs_inode_extref:
+        uint64_t parent_objectid
+        uint64_t index
+        uint16_t name_len
+
+    # the head every EXTENT_DATA item has; an inline extent's data follows it
+    size_t BTRFS_FILE_EXTENT_INLINE_DATA_START
+
+    struct btrfs_file_extent_item:
+        uint64_t generation
+        uint64_t ram_bytes
+        uint8_t compression
+        uint8_t encryption
+        uint16_t other_encoding
+        uint8_t type
 
     struct btrfs_dir_item:
         btrfs_disk_key location

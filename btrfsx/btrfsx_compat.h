@@ -34,4 +34,12 @@ struct btrfs_ioctl_subvol_wait {
 #define BTRFS_IOC_SUBVOL_SYNC_WAIT _IOW(BTRFS_IOCTL_MAGIC, 65, struct btrfs_ioctl_subvol_wait)
 #endif
 
+/* The kernel's own headers define this in fs/btrfs/accessors.h, not in UAPI:
+ * every EXTENT_DATA item is at least this long; an inline extent's data
+ * follows it. */
+#ifndef BTRFS_FILE_EXTENT_INLINE_DATA_START
+#include <stddef.h>
+#define BTRFS_FILE_EXTENT_INLINE_DATA_START (offsetof(struct btrfs_file_extent_item, disk_bytenr))
+#endif
+
 #endif

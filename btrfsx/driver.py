@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 from btrfsx import __version__, _ioctl, archive, quota, subvolume
 from btrfsx.archive import Change
-from btrfsx.errors import ArchiveError, OptionError, PrerequisitesError
+from btrfsx.archive.native import NativeUnavailable, native_changes
+from btrfsx.errors import ArchiveError, NativeChangesUnavailable, OptionError, PrerequisitesError
 from btrfsx.idmap import IDMap, root_pair
 from btrfsx.mounts import is_mountpoint
 from btrfsx.options import check_size, parse_driver_options, parse_storage_opt
@@ -455,7 +456,23 @@ class Driver:
         """What layer ``id`` changed relative to layer ``parent`` (everything,
         as additions, without one), sorted by path."""
         layer = self._layer_path(id)
-        return archive.changes(layer, self._layer_path(parent) if parent else None)
+        if not parent:
+            return archive.changes(layer, None)
+        parent_path = self._layer_path(parent)
+        mode = self.options.changes
+        if mode != "naive":
+            try:
+                found = native_changes(layer, parent_path)
+            except NativeUnavailable as e:
+                if mode == "native":
+                    raise NativeChangesUnavailable(
+                        f"layer {id!r}: its changes against {parent!r} cannot be read from btrfs metadata: "
+                        f"{e.reason}") from None
+                log.debug("layer %r: walking both trees for changes against %r: %s", id, parent, e.reason)
+            else:
+                log.debug("layer %r: changes against %r read from btrfs metadata", id, parent)
+                return found
+        return archive.changes(layer, parent_path)
 
     def diff(self, id: str, parent: str | None = None) -> BinaryIO:
         """Those changes as an uncompressed OCI layer tar stream, produced as it

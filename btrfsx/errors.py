@@ -17,3 +17,9 @@ class ArchiveError(ValueError):
 class UnsafeArchiveError(ArchiveError):
     """A layer tarball entry would reach outside the layer (``..``, a symlinked
     parent, a hard link to a path outside)."""
+
+
+class NativeChangesUnavailable(RuntimeError):
+    """``btrfsx.changes=native`` was asked for, but a layer's changes cannot be
+    read from btrfs metadata (it is not a snapshot of the parent, holds nested
+    subvolumes, or the process may not search btrfs trees)."""

@@ -9,7 +9,7 @@ from btrfsx.errors import OptionError
 from btrfsx.units import human_size, ram_in_bytes
 
 QUOTA_MODES = ("simple", "qgroup")
-CHANGES_MODES = ("auto", "naive")
+CHANGES_MODES = ("auto", "native", "naive")
 
 
 # Go's strings.TrimSpace trims Unicode White_Space; Python's str.strip also

@@ -1,0 +1,258 @@
+"""What a layer changed, found from btrfs's own metadata (the native path).
+
+A snapshot shares its parent's metadata blocks until either side writes, and
+every inode item, directory entry and file extent records the transaction
+that wrote it.  When a layer is a snapshot of its parent, the inodes that
+can differ between the two are those written after the snapshot's
+transaction, in either tree: a ``TREE_SEARCH_V2`` with ``min_transid`` skips
+every block older than that, so finding them costs what changed, not what
+the layer holds.  Only those inodes' paths are then compared, with the same
+rules as the walk (:mod:`btrfsx.archive.changes`).
+
+Why this is exact: any change to a directory's entries (create, unlink,
+rename, link) rewrites the directory's inode item, and any change to a
+file's metadata, data or extended attributes rewrites the file's; a rename
+or link rewrites the inode moved too.  So a directory whose inode was not
+written since the snapshot, in either tree, has the same entries on both
+sides, each naming an inode that did not change either, and needs no look.
+
+Where it is more precise than the walk (the walk compares size and mtime;
+the native path knows when file data was written): a regular file whose
+data was rewritten after the snapshot, or whose path now names another
+inode, and whose size and mtime were given back is compared byte for byte,
+and reported when the bytes differ.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+from collections.abc import Iterable
+
+from btrfsx import _ioctl
+from btrfsx.archive.changes import Change, ChangeKind, _added, entry_differs
+from btrfsx.errors import NativeChangesUnavailable
+
+log = logging.getLogger("btrfsx.archive")
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_ROOT_INO = _ioctl.FIRST_FREE_OBJECTID
+_CHUNK = 1 << 20
+
+
+class NativeUnavailable(NativeChangesUnavailable):
+    """The native path cannot answer for this pair of trees; ``reason`` says why."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _Tree:
+    """What changed in one subvolume since transaction ``since``."""
+
+    def __init__(self, fd: int, since: int):
+        self.fd = fd
+        self.inodes: dict[int, int] = {}   # inode written since -> its mode
+        self.data: set[int] = set()        # inodes with file extents written since
+        self._dirs: dict[int, bytes] = {_ROOT_INO: b""}
+        for item in _ioctl.TreeSearch(fd, 0, min_objectid=_ROOT_INO, max_objectid=_ioctl.LAST_FREE_OBJECTID,
+                                      min_type=_ioctl.INODE_ITEM_KEY, max_type=_ioctl.EXTENT_DATA_KEY,
+                                      min_transid=since + 1):
+            kind = item.type
+            if kind == _ioctl.INODE_ITEM_KEY:
+                inode = _ioctl.decode_inode_item(item.data)
+                if inode.transid > since:
+                    self.inodes[item.objectid] = inode.mode
+            elif kind == _ioctl.EXTENT_DATA_KEY:
+                if item.objectid not in self.data and _ioctl.decode_file_extent(item.data).generation > since:
+                    self.data.add(item.objectid)
+            elif kind in (_ioctl.DIR_ITEM_KEY, _ioctl.DIR_INDEX_KEY):
+                # the directory's inode item says so too; this keeps a
+                # directory whose entries changed from going unnoticed
+                # should an inode update ever be skipped
+                if item.objectid not in self.inodes and any(
+                        entry.transid > since for entry in _ioctl.decode_dir_items(item.data)):
+                    self.inodes[item.objectid] = stat.S_IFDIR
+
+    def _dir_path(self, ino: int) -> bytes:
+        path = self._dirs.get(ino)
+        if path is None:
+            # INO_LOOKUP answers with "a/b/" for a directory
+            path = b"/" + _ioctl.ino_lookup(self.fd, ino)[1].rstrip(b"/")
+            self._dirs[ino] = path
+        return path
+
+    def paths(self, ino: int) -> list[bytes]:
+        """Every name of inode ``ino`` in this tree, as paths from its root."""
+        if ino == _ROOT_INO:
+            return [b""]
+        out = []
+        for item in _ioctl.TreeSearch(self.fd, 0, min_objectid=ino, max_objectid=ino,
+                                      min_type=_ioctl.INODE_REF_KEY, max_type=_ioctl.INODE_EXTREF_KEY,
+                                      buf_size=4096):
+            if item.type == _ioctl.INODE_REF_KEY:
+                refs = _ioctl.decode_inode_refs(item.data, item.offset)
+            else:
+                refs = _ioctl.decode_inode_extrefs(item.data)
+            for ref in refs:
+                try:
+                    out.append(self._dir_path(ref.parent) + b"/" + ref.name)
+                except OSError as e:
+                    if e.errno != errno.ENOENT:
+                        raise
+        return out
+
+
+class _Node:
+    """A directory on the way to changed paths: which of its names to look at,
+    and whether all of them must be looked at (its entries changed)."""
+
+    __slots__ = ("children", "full")
+
+    def __init__(self):
+        self.children: dict[bytes, _Node] = {}
+        self.full = False
+
+
+def _lstat(path: bytes) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def _same_bytes(a: bytes, b: bytes) -> bool:
+    with open(a, "rb", buffering=0) as fa, open(b, "rb", buffering=0) as fb:
+        while True:
+            x = fa.read(_CHUNK)
+            if x != fb.read(_CHUNK):
+                return False
+            if not x:
+                return True
+
+
+class _Comparer:
+    def __init__(self, new_root: bytes, old_root: bytes, new: _Tree, old: _Tree):
+        self.new_root = new_root
+        self.old_root = old_root
+        self.new = new
+        self.old = old
+        self.out: list[Change] = []
+
+    def modified(self, rel: bytes, new: os.stat_result, old: os.stat_result) -> bool:
+        new_path, old_path = self.new_root + rel, self.old_root + rel
+        if stat.S_IFMT(old.st_mode) != stat.S_IFMT(new.st_mode) or entry_differs(old_path, old, new_path, new):
+            return True
+        if not stat.S_ISREG(new.st_mode):
+            return False
+        # Same size and mtime.  Snapshots keep inode numbers, so the same
+        # number on both sides with no data written since is the same data.
+        if new.st_ino == old.st_ino and new.st_ino not in self.new.data and old.st_ino not in self.old.data:
+            return False
+        return not _same_bytes(new_path, old_path)
+
+    def compare(self, rel: bytes, node: _Node) -> bool:
+        """Changes below directory ``rel`` (a directory in both trees); True when any."""
+        out = self.out
+        start = len(out)
+        names: Iterable[bytes]
+        if node.full:
+            new_names = set(os.listdir(self.new_root + rel or b"/"))
+            old_names = set(os.listdir(self.old_root + rel or b"/"))
+            # a name on both sides whose inode changed on neither is the same entry
+            names = (new_names ^ old_names) | (node.children.keys() & (new_names | old_names))
+        else:
+            names = node.children.keys()
+        for name in names:
+            child = rel + b"/" + name
+            new = _lstat(self.new_root + child)
+            old = _lstat(self.old_root + child)
+            if new is None:
+                if old is not None:
+                    out.append(Change(os.fsdecode(child), ChangeKind.DELETE))
+                continue
+            if old is None:
+                _added(self.new_root, child, new, out)
+                continue
+            modified = self.modified(child, new, old)
+            if modified:
+                out.append(Change(os.fsdecode(child), ChangeKind.MODIFY))
+            if stat.S_ISDIR(new.st_mode):
+                if stat.S_ISDIR(old.st_mode):
+                    sub = node.children.get(name)
+                    if sub is not None and self.compare(child, sub) and not modified:
+                        # a directory holding a change travels with the diff
+                        out.append(Change(os.fsdecode(child), ChangeKind.MODIFY))
+                else:
+                    for grand in os.listdir(self.new_root + child):
+                        path = child + b"/" + grand
+                        _added(self.new_root, path, os.lstat(self.new_root + path), out)
+        return len(out) > start
+
+
+def snapshot_transid(layer_fd: int, parent_fd: int) -> int:
+    """The transaction in which subvolume ``layer_fd`` was snapshotted from
+    subvolume ``parent_fd``; NativeUnavailable when it was not."""
+    layer = _ioctl.get_subvolume_info(layer_fd)
+    parent = _ioctl.get_subvolume_info(parent_fd)
+    if layer.parent_uuid is None or layer.parent_uuid != parent.uuid:
+        raise NativeUnavailable(f"it is not a snapshot of the parent (its parent UUID is {layer.parent_uuid}, "
+                                f"the parent's UUID {parent.uuid})")
+    if layer.received_uuid is not None:
+        raise NativeUnavailable("it was received (btrfs receive), not snapshotted")
+    return layer.otransid
+
+
+def native_changes(layer: str | bytes, parent: str | bytes) -> list[Change]:
+    """The changes of subvolume ``layer`` against subvolume ``parent``, which
+    it must be a snapshot of; the same list :func:`changes` gives (sorted by
+    path).  Raises NativeUnavailable, with the reason, when it cannot tell:
+    not a snapshot of ``parent``, nested subvolumes on either side (their
+    contents are not in these trees), or no privilege to search trees."""
+    new_root = os.fsencode(layer).rstrip(b"/")
+    old_root = os.fsencode(parent).rstrip(b"/")
+    new_fd = os.open(new_root or b"/", _DIR_FLAGS)
+    try:
+        old_fd = os.open(old_root or b"/", _DIR_FLAGS)
+        try:
+            return _native_changes(new_root, old_root, new_fd, old_fd)
+        finally:
+            os.close(old_fd)
+    finally:
+        os.close(new_fd)
+
+
+def _native_changes(new_root: bytes, old_root: bytes, new_fd: int, old_fd: int) -> list[Change]:
+    for fd in (new_fd, old_fd):
+        if os.fstat(fd).st_ino != _ROOT_INO:
+            raise NativeUnavailable("not a subvolume root")
+        if _ioctl.get_subvolume_rootrefs(fd):
+            raise NativeUnavailable("a nested subvolume is inside")
+    since = snapshot_transid(new_fd, old_fd)
+    try:
+        # Inode items and directory indexes are written to the tree when a
+        # transaction commits (delayed items), and a file's inode item waits
+        # for its dirty data to be written back (Linux 6.18): flush and commit.
+        _ioctl.sync(new_fd)
+        new = _Tree(new_fd, since)
+        old = _Tree(old_fd, since)
+    except PermissionError as e:
+        raise NativeUnavailable(f"searching btrfs trees needs CAP_SYS_ADMIN ({e.strerror})") from None
+    root = _Node()
+    for tree in (new, old):
+        for ino, mode in tree.inodes.items():
+            for path in tree.paths(ino):
+                node = root
+                if path:
+                    for name in path[1:].split(b"/"):
+                        node = node.children.setdefault(name, _Node())
+                if stat.S_ISDIR(mode):
+                    node.full = True
+    comparer = _Comparer(new_root, old_root, new, old)
+    comparer.compare(b"", root)
+    out = comparer.out
+    out.sort(key=lambda c: os.fsencode(c.path))
+    return out
