@@ -1,0 +1,57 @@
+"""Peak memory of one driver operation, in a process of its own.
+
+    python benchmarks/peakmem.py HOME none
+    python benchmarks/peakmem.py HOME diff LAYER [PARENT]
+    python benchmarks/peakmem.py HOME apply LAYER TARFILE
+
+Prints one JSON object: ``maxrss_kib`` (``getrusage(RUSAGE_SELF).ru_maxrss``
+at the end: the process's peak resident set, interpreter included),
+``before_kib`` (the same just before the operation, after importing btrfsx
+and opening the driver) and ``seconds`` (the operation alone).
+
+Resident memory rather than ``tracemalloc``: the tar encoder, zstandard and
+the ioctl layer allocate outside Python's allocator, which tracemalloc does
+not see; the resident set counts everything the process holds.  File data
+read or written through the page cache is not part of it (not mapped).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+
+
+def main(argv: list[str]) -> int:
+    home, op, *args = argv
+    from btrfsx import Driver
+
+    d = Driver(home)
+    try:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        t0 = time.perf_counter()
+        if op == "diff":
+            layer, parent = args[0], (args[1] if len(args) > 1 else None)
+            with d.diff(layer, parent) as stream:
+                while stream.read(1 << 20):
+                    pass
+        elif op == "apply":
+            layer, tar = args
+            with open(tar, "rb") as f:
+                d.apply_diff(layer, None, f)
+        elif op != "none":
+            raise SystemExit(f"unknown operation {op!r}")
+        seconds = time.perf_counter() - t0
+    finally:
+        d.close()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    json.dump({"op": op, "maxrss_kib": peak, "before_kib": before, "seconds": seconds,
+               "python": sys.version.split()[0], "pid": os.getpid()}, sys.stdout)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
