@@ -58,6 +58,8 @@ GZIP_LEVEL = 6
 _CHUNK = 1 << 20
 _DIGEST = re.compile(r"^(sha256|sha512):([0-9a-f]+)$")
 _HEX_LEN = {"sha256": 64, "sha512": 128}
+#: The most a manifest or config may weigh (containers/image's limit).
+_MAX_JSON = 4 << 20
 #: Marks an imported layer as complete: ``home/.btrfsx/oci/<layer id>``.
 _MARKERS = os.path.join(".btrfsx", "oci")
 
@@ -123,6 +125,7 @@ class _BlobWriter:
     def __init__(self, blob_dir: str):
         self.blob_dir = blob_dir
         fd, self.tmp = tempfile.mkstemp(prefix=".tmp-", dir=blob_dir)
+        os.fchmod(fd, 0o644)  # as other OCI tools write blobs, not mkstemp's 0600
         self.file = os.fdopen(fd, "wb")
         self.hash = hashlib.sha256()
         self.size = 0
@@ -138,17 +141,10 @@ class _BlobWriter:
         self.file.close()
         digest = "sha256:" + self.hash.hexdigest()
         final = os.path.join(self.blob_dir, self.hash.hexdigest())
-        try:
-            existing = os.stat(final)
-        except FileNotFoundError:
-            os.rename(self.tmp, final)
+        if _intact(final, digest, self.size):
+            os.unlink(self.tmp)  # content-addressed: that blob is this one
         else:
-            # Content-addressed: a blob of the same digest is this blob.  One
-            # of another size is damaged, and replaced.
-            if existing.st_size == self.size:
-                os.unlink(self.tmp)
-            else:
-                os.rename(self.tmp, final)
+            os.rename(self.tmp, final)
         return Descriptor(media_type, digest, self.size)
 
     def abort(self) -> None:
@@ -158,6 +154,19 @@ class _BlobWriter:
             os.unlink(self.tmp)
         except FileNotFoundError:
             pass
+
+
+def _intact(path: str, digest: str, size: int) -> bool:
+    """Whether ``path`` holds a blob of ``digest`` (hashing costs far less than
+    compressing, and a damaged blob must not be kept)."""
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        return False
+    with f:
+        if os.fstat(f.fileno()).st_size != size:
+            return False
+        return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest() == digest
 
 
 def _write_blob(blob_dir: str, media_type: str, data: bytes) -> Descriptor:
@@ -190,12 +199,20 @@ def _write_layer(blob_dir: str, stream: BinaryIO) -> tuple[Descriptor, str]:
 
 
 def _write_json_atomic(path: str, data) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(_canonical(data))
-        f.flush()
-        os.fsync(f.fileno())
-    os.rename(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", dir=os.path.dirname(path))
+    try:
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(_canonical(data))
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
 
 
 def _chain(driver: Driver, layer_id: str) -> list[str]:
@@ -219,6 +236,24 @@ def export_oci(driver: Driver, layer_id: str, directory: str | os.PathLike, tag:
     chain = _chain(driver, layer_id)
     blob_dir = os.path.join(directory, "blobs", "sha256")
     os.makedirs(blob_dir, exist_ok=True)
+    # Exports into one layout at once would otherwise each rewrite
+    # index.json from what they read, and one image would go missing.
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(dir_fd, fcntl.LOCK_EX)
+        exported = _export(driver, chain, directory, blob_dir, tag)
+        for path in (blob_dir, directory):
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)  # the renames
+            finally:
+                os.close(fd)
+        return exported
+    finally:
+        os.close(dir_fd)
+
+
+def _export(driver: Driver, chain: list[str], directory: str, blob_dir: str, tag: str | None) -> Exported:
     layout_path = os.path.join(directory, "oci-layout")
     if os.path.exists(layout_path):
         layout = _read_json_file(layout_path, directory)
@@ -373,6 +408,9 @@ class _Verifying(io.RawIOBase):
 
 
 def _read_blob(directory: str, desc: Descriptor, what: str) -> bytes:
+    if desc.size > _MAX_JSON:
+        raise ValueError(f"{directory}: the {what} blob {desc.digest} claims {desc.size} bytes; "
+                         f"more than the {_MAX_JSON} a {what} may have")
     path = _blob_path(directory, desc.digest)
     try:
         f = open(path, "rb")
@@ -501,17 +539,20 @@ def _apply_layer(driver: Driver, directory: str, layer_id: str, parent: str | No
                            lambda: f"{directory}: layer blob {desc.digest} uncompressed (its diff id)")
         driver.create(layer_id, parent)
         try:
-            driver.apply_diff(layer_id, parent, io.BufferedReader(plain, _CHUNK))
-            # tar readers stop at the end-of-archive blocks: what follows
-            # still counts towards both digests.
-            plain.drain()
-            blob.drain()
-        except _decode_errors() as e:
-            driver.remove(layer_id)
-            raise ArchiveError(f"{directory}: layer blob {desc.digest} cannot be decompressed "
-                               f"({compression}): {e}") from None
-        except BaseException:
-            driver.remove(layer_id)
+            try:
+                driver.apply_diff(layer_id, parent, io.BufferedReader(plain, _CHUNK))
+                # tar readers stop at the end-of-archive blocks: what follows
+                # still counts towards both digests.
+                plain.drain()
+                blob.drain()
+            except _decode_errors() as e:
+                raise ArchiveError(f"{directory}: layer blob {desc.digest} cannot be decompressed "
+                                   f"({compression}): {e}") from None
+        except BaseException as e:
+            try:
+                driver.remove(layer_id)
+            except OSError as cleanup:
+                e.add_note(f"and the half-made layer {layer_id!r} could not be removed: {cleanup}")
             raise
 
 

@@ -305,6 +305,14 @@ def test_export_is_reproducible_and_reuses_blobs(src, chain, image, tmp_path):
     assert (layout / "index.json").read_bytes() == index  # the tag moved to the same image: one entry
     after = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (layout / "blobs/sha256").iterdir()}
     assert after == before  # existing blobs were not rewritten
+    assert all(p.stat().st_mode & 0o777 == 0o644 for p in (layout / "blobs/sha256").iterdir())
+
+    # but a damaged one (same size, one byte off) is
+    damaged = blob(layout, first.layers[0].digest)
+    good = damaged.read_bytes()
+    damaged.write_bytes(good[:100] + bytes([good[100] ^ 1]) + good[101:])
+    export_oci(src, chain[-1], layout, tag="v1")
+    assert damaged.read_bytes() == good
 
     fresh = tmp_path / "fresh"
     third = export_oci(src, chain[-1], fresh, tag="v1")
