@@ -500,6 +500,35 @@ def test_untagged_export_is_the_only_image_to_import(src, dst, chain, tmp_path):
     assert_same_tree(src.get(chain[1]), dst.get(top))
 
 
+def test_an_empty_layer_and_repeated_diffs_keep_their_place_in_the_chain(src, dst, tmp_path):
+    # two layers with the same (empty) diff: one diff id, two chain ids
+    src.create("base")
+    Path(src.get("base"), "file").write_bytes(b"x")
+    src.create("empty1", "base")
+    src.create("empty2", "empty1")
+    src.create("top", "empty2")
+    Path(src.get("top"), "file").unlink()
+    exported = export_oci(src, "top", tmp_path / "image")
+    assert exported.diff_ids[1] == exported.diff_ids[2]
+    assert len(set(chain_ids(exported.diff_ids))) == 4
+    top = import_oci(dst, tmp_path / "image")
+    assert len(dst.layers()) == 4
+    assert os.listdir(dst.get(top)) == [] and os.listdir(dst.get(dst.parent(top))) == ["file"]
+
+
+def test_concurrent_imports_of_one_image_apply_each_layer_once(src, dst, chain, image):
+    layout, exported = image
+    procs = [subprocess.Popen([sys.executable, "-m", "btrfsx", "import-oci", str(layout), "--tag", "v1",
+                               "--home", dst.home], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for _ in range(3)]
+    results = [p.communicate(timeout=120) + (p.returncode,) for p in procs]
+    assert all(rc == 0 for _, _, rc in results), [err.decode() for _, err, _ in results]
+    tops = {out.decode().strip() for out, _, _ in results}
+    assert tops == {chain_ids(exported.diff_ids)[-1].split(":")[1]}
+    assert len(dst.layers()) == 3
+    assert_same_tree(src.get(chain[-1]), dst.get(tops.pop()))
+
+
 # ---------------------------------------------------------------- the commands
 
 def btrfsx(*args, home):
@@ -530,3 +559,6 @@ def test_export_and_import_commands(src, dst, chain, tmp_path):
     assert out.stderr.decode().startswith("btrfsx: no image tagged 'v9' in ")
     out = btrfsx("export-oci", "missing", str(tmp_path / "img2"), home=src_home)
     assert out.returncode == 1 and "layer 'missing' does not exist" in out.stderr.decode()
+    for command in ("export-oci", "import-oci"):
+        out = btrfsx(command, "--help", home=src_home).stdout.decode()
+        assert "example:" in out and "--tag" in out
