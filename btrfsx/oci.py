@@ -257,9 +257,9 @@ def _export(driver: Driver, chain: list[str], directory: str, blob_dir: str, tag
     layout_path = os.path.join(directory, "oci-layout")
     if os.path.exists(layout_path):
         layout = _read_json_file(layout_path, directory)
-        if layout.get("imageLayoutVersion") != LAYOUT_VERSION:
-            raise ValueError(f"{directory}: an OCI layout of version {layout.get('imageLayoutVersion')!r}, "
-                             f"expected {LAYOUT_VERSION!r}")
+        version = layout.get("imageLayoutVersion") if isinstance(layout, dict) else None
+        if version != LAYOUT_VERSION:
+            raise ValueError(f"{directory}: an OCI layout of version {version!r}, expected {LAYOUT_VERSION!r}")
     else:
         _write_json_atomic(layout_path, {"imageLayoutVersion": LAYOUT_VERSION})
 
@@ -305,7 +305,11 @@ def _export(driver: Driver, chain: list[str], directory: str, blob_dir: str, tag
     index_path = os.path.join(directory, "index.json")
     manifests = []
     if os.path.exists(index_path):
-        for old in _read_json_file(index_path, directory).get("manifests") or []:
+        index = _read_json_file(index_path, directory)
+        olds = index.get("manifests") if isinstance(index, dict) else None
+        if not isinstance(olds, list) or not all(isinstance(old, dict) for old in olds):
+            raise ValueError(f"{index_path}: not an OCI image index (no list of manifest descriptors)")
+        for old in olds:
             name = (old.get("annotations") or {}).get(REF_NAME)
             if tag is not None and name == tag:
                 continue  # the tag moves to this image

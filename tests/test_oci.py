@@ -489,6 +489,13 @@ def test_errors_name_the_layout_tag_and_blob(dst, src, chain, image, tmp_path):
     assert dst.layers() == []
     with pytest.raises(FileNotFoundError, match="nope"):
         export_oci(src, "nope", tmp_path / "x")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other/index.json").write_text('{"manifests": 3}')
+    with pytest.raises(ValueError, match="index.json: not an OCI image index"):
+        export_oci(src, chain[0], tmp_path / "other")
+    (tmp_path / "other/oci-layout").write_text('{"imageLayoutVersion": "2.0.0"}')
+    with pytest.raises(ValueError, match="version '2.0.0', expected '1.0.0'"):
+        export_oci(src, chain[0], tmp_path / "other")
 
 
 def test_untagged_export_is_the_only_image_to_import(src, dst, chain, tmp_path):
