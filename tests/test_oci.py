@@ -386,6 +386,14 @@ def _layers_and_markers(d: Driver) -> tuple[list[str], list[str]]:
 def test_a_blob_that_does_not_match_its_digest_fails_and_leaves_no_layer(dst, image):
     layout, exported = image
     ids = [c.split(":")[1] for c in chain_ids(exported.diff_ids)]
+    base = blob(layout, exported.layers[0].digest)
+    good = base.read_bytes()
+    base.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))  # the gzip trailer's size field
+    with pytest.raises(ArchiveError, match=exported.layers[0].digest):
+        import_oci(dst, layout, tag="v1")
+    assert _layers_and_markers(dst) == ([], [])
+    base.write_bytes(good)
+
     damaged = blob(layout, exported.layers[1].digest)
     original = damaged.read_bytes()
     # the gzip header's timestamp: the layer still decompresses and applies
