@@ -71,9 +71,11 @@ class Floor:
         """``{"remove": [...], "find": [...], "nested": [...]}``, one per layer."""
         return self.run("remove", *layers)
 
-    def chain(self, src, directory, n: int) -> list[int]:
-        """A chain of n snapshots (the first of ``src``, each next of the one before), destroyed afterwards."""
-        return self.run("chain", src, directory, str(n))["chain"]
+    def chain(self, src, directory, n: int) -> dict[str, list[int]]:
+        """A chain of n snapshots (the first of ``src``, each next of the one
+        before), destroyed afterwards: ``{"chain": [...], "chain_open": [...]}``
+        (the snapshots, and the open of each new link, timed apart)."""
+        return self.run("chain", src, directory, str(n))
 
     def find(self, layer, n: int) -> dict[str, list[int]]:
         """``{"find": [...] x n, "nested": [count]}``: INO_LOOKUP + ROOT_REF searches on a cached fd."""

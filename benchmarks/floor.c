@@ -19,8 +19,11 @@
  *                                lookup and searches), "nested COUNT"
  *   floor chain SRC DIR N        a chain of N snapshots in DIR, the first of
  *                                SRC, each next one of the one before:
- *                                "chain NS" x N; destroyed afterwards, newest
- *                                first (not timed)
+ *                                "chain NS" x N (the snapshot ioctls), then
+ *                                "chain_open NS" x N (the open of each new
+ *                                link, kept as the next source: not part of
+ *                                "chain"); destroyed afterwards, newest first
+ *                                (not timed)
  *   floor find LAYER N           N times: INO_LOOKUP of LAYER's id, then its
  *                                ROOT_REF items recursively (a cached fd):
  *                                "find NS" x N, then "nested COUNT"
@@ -186,7 +189,7 @@ static int cmd_chain(const char *src, const char *dir, long n)
 {
 	int dirfd = open_dir(dir), prev = open_dir(src);
 	char name[64];
-	int64_t *ts = calloc(n ? n : 1, sizeof(*ts));
+	int64_t *ts = calloc(n ? n : 1, sizeof(*ts)), *to = calloc(n ? n : 1, sizeof(*to));
 	for (long i = 0; i < n; i++) {
 		snprintf(name, sizeof(name), "floor-k%ld", i);
 		int64_t t0 = now_ns();
@@ -194,9 +197,11 @@ static int cmd_chain(const char *src, const char *dir, long n)
 			die("SNAP_CREATE_V2", name);
 		ts[i] = now_ns() - t0;
 		close(prev);
+		t0 = now_ns();
 		prev = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 		if (prev < 0)
 			die("open", name);
+		to[i] = now_ns() - t0;
 	}
 	close(prev);
 	for (long i = n; i-- > 0;) {
@@ -206,7 +211,10 @@ static int cmd_chain(const char *src, const char *dir, long n)
 	}
 	for (long i = 0; i < n; i++)
 		printf("chain %lld\n", (long long)ts[i]);
+	for (long i = 0; i < n; i++)
+		printf("chain_open %lld\n", (long long)to[i]);
 	free(ts);
+	free(to);
 	close(dirfd);
 	return 0;
 }
