@@ -278,6 +278,7 @@ class _SearchKey(TypedDict, total=False):
     max_offset: int
     min_transid: int
     max_transid: int
+    min_item_transid: int
     buf_size: int
 
 @final
@@ -297,6 +298,7 @@ class TreeSearch(Iterator[SearchItem]):
         max_offset: int = 0xFFFFFFFFFFFFFFFF,
         min_transid: int = 0,
         max_transid: int = 0xFFFFFFFFFFFFFFFF,
+        min_item_transid: int = 0,
         buf_size: int = 65536,
     ) -> TreeSearch: ...
     def __iter__(self) -> TreeSearch: ...
@@ -306,6 +308,9 @@ def tree_search(fd: int, tree_id: int, **key: Unpack[_SearchKey]) -> TreeSearch:
     """``TreeSearch(fd, tree_id, **key)``."""
 
 # ---------------------------------------------------------------- item decoders
+
+def search_item(fd: int, tree_id: int, objectid: int, type: int, offset: int) -> bytes | None:
+    """The bytes of the item with exactly this key, or None."""
 
 def decode_inode_item(data: bytes) -> InodeItem:
     """An INODE_ITEM (also the first part of a ROOT_ITEM)."""

@@ -514,7 +514,11 @@ cdef class TreeSearch:
     can yield items of any type in between; filter by ``item.type``.
     ``min_transid``/``max_transid`` skip whole metadata blocks by the
     generation they were written in, which is coarser than the items' own
-    generations: filter those too.  Memory stays at one buffer of
+    generations.  ``min_item_transid`` filters by those, here, without
+    making a Python object of every item skipped: only INODE_ITEMs (by their
+    transid), DIR_ITEMs, DIR_INDEXes and XATTR_ITEMs (by any entry's
+    transid) and EXTENT_DATA items (by their generation) written in that
+    transaction or later are returned, and no item of another type.  Memory stays at one buffer of
     ``buf_size`` bytes whatever the size of the tree.  ``tree_id`` 0 is the
     subvolume ``fd`` is in.
     """
@@ -523,6 +527,7 @@ cdef class TreeSearch:
     cdef size_t buf_size
     cdef uint64_t max_objectid, max_offset
     cdef uint32_t max_type
+    cdef uint64_t min_item_transid
     cdef uint32_t remaining      # items left in the buffer
     cdef size_t pos              # offset of the next header in the buffer
     cdef bint done
@@ -531,7 +536,8 @@ cdef class TreeSearch:
                   uint64_t max_objectid=0xFFFFFFFFFFFFFFFF, uint32_t min_type=0,
                   uint32_t max_type=255, uint64_t min_offset=0,
                   uint64_t max_offset=0xFFFFFFFFFFFFFFFF, uint64_t min_transid=0,
-                  uint64_t max_transid=0xFFFFFFFFFFFFFFFF, size_t buf_size=DEFAULT_SEARCH_BUF):
+                  uint64_t max_transid=0xFFFFFFFFFFFFFFFF, uint64_t min_item_transid=0,
+                  size_t buf_size=DEFAULT_SEARCH_BUF):
         if buf_size < 4096:
             raise ValueError(f"buf_size must be at least 4096 bytes, not {buf_size}")
         self.fd = fd
@@ -552,6 +558,7 @@ cdef class TreeSearch:
         self.max_objectid = max_objectid
         self.max_type = max_type
         self.max_offset = max_offset
+        self.min_item_transid = min_item_transid
         self.remaining = 0
         self.pos = 0
         self.done = False
@@ -615,26 +622,49 @@ cdef class TreeSearch:
 
     def __next__(self):
         cdef btrfs_ioctl_search_header *sh
+        cdef const char *data
         cdef SearchItem item
-        if self.remaining == 0:
-            if self.done:
-                raise StopIteration
-            self._fill()
-            if self.done:
-                raise StopIteration
-        sh = <btrfs_ioctl_search_header *>(self.args.buf + self.pos)
-        item = SearchItem.__new__(SearchItem)
-        item.transid = sh.transid
-        item.objectid = sh.objectid
-        item.type = sh.type
-        item.offset = sh.offset
-        item.data = PyBytes_FromStringAndSize(
-            <const char *>(self.args.buf + self.pos + sizeof(btrfs_ioctl_search_header)), sh.len)
-        self.pos += sizeof(btrfs_ioctl_search_header) + sh.len
-        self.remaining -= 1
-        if self.remaining == 0 and not self._advance(sh.objectid, sh.type, sh.offset):
-            self.done = True
-        return item
+        while True:
+            if self.remaining == 0:
+                if self.done:
+                    raise StopIteration
+                self._fill()
+                if self.done:
+                    raise StopIteration
+            sh = <btrfs_ioctl_search_header *>(self.args.buf + self.pos)
+            data = <const char *>(self.args.buf + self.pos + sizeof(btrfs_ioctl_search_header))
+            self.pos += sizeof(btrfs_ioctl_search_header) + sh.len
+            self.remaining -= 1
+            if self.remaining == 0 and not self._advance(sh.objectid, sh.type, sh.offset):
+                self.done = True
+            if self.min_item_transid and not _written_since(sh.type, data, sh.len, self.min_item_transid):
+                continue
+            item = SearchItem.__new__(SearchItem)
+            item.transid = sh.transid
+            item.objectid = sh.objectid
+            item.type = sh.type
+            item.offset = sh.offset
+            item.data = PyBytes_FromStringAndSize(data, sh.len)
+            return item
+
+
+cdef bint _written_since(uint32_t type, const char *data, size_t size, uint64_t transid) noexcept nogil:
+    """Whether the item's own transid (or any of its entries') is at least ``transid``."""
+    cdef size_t pos = 0
+    cdef const btrfs_dir_item *d
+    if type == BTRFS_INODE_ITEM_KEY:
+        return size >= sizeof(btrfs_inode_item) and le64toh((<const btrfs_inode_item *>data).transid) >= transid
+    if type == BTRFS_EXTENT_DATA_KEY:
+        return (size >= BTRFS_FILE_EXTENT_INLINE_DATA_START
+                and le64toh((<const btrfs_file_extent_item *>data).generation) >= transid)
+    if type == BTRFS_DIR_ITEM_KEY or type == BTRFS_DIR_INDEX_KEY or type == BTRFS_XATTR_ITEM_KEY:
+        while pos < size and size - pos >= sizeof(btrfs_dir_item):
+            d = <const btrfs_dir_item *>(data + pos)
+            if le64toh(d.transid) >= transid:
+                return True
+            pos += sizeof(btrfs_dir_item) + le16toh(d.name_len) + le16toh(d.data_len)
+        return False
+    return False
 
 
 def tree_search(int fd, uint64_t tree_id, **key):
@@ -649,6 +679,12 @@ cdef object _search_one(int fd, uint64_t tree_id, uint64_t objectid, uint32_t ty
                            buf_size=4096):
         return (<SearchItem>item).data
     return None
+
+
+def search_item(int fd, uint64_t tree_id, uint64_t objectid, uint32_t type, uint64_t offset):
+    """The bytes of the item with exactly this key in tree ``tree_id`` (0: the
+    subvolume ``fd`` is in), or None when there is none (TREE_SEARCH_V2, root only)."""
+    return _search_one(fd, tree_id, objectid, type, offset)
 
 
 # ---------------------------------------------------------------- item decoders

@@ -421,6 +421,71 @@ def test_tree_search_key_range_and_transid_filter(btrfs_fs, fsfd):
         os.close(fd)
 
 
+def test_tree_search_item_transid_filter_returns_only_items_written_since(btrfs_fs, fsfd):
+    io.create_subvolume(fsfd, "w")
+    t = btrfs_fs.mountpoint / "w"
+    populate(t, 200)
+    (t / "big").write_bytes(b"b" * 20000)
+    os.setxattr(t / "f00001", "user.kept", b"1")
+    fd = opendir(t)
+    try:
+        io.sync(fd)
+        gen = io.get_subvolume_info(fd).generation
+        with open(t / "f00100", "ab") as f:
+            f.write(b"appended")
+        os.setxattr(t / "f00002", "user.new", b"2")
+        (t / "added").write_text("new")
+        io.sync(fd)
+        coarse = list(io.TreeSearch(fd, 0, min_transid=gen + 1))
+        fine = list(io.TreeSearch(fd, 0, min_transid=gen + 1, min_item_transid=gen + 1))
+    finally:
+        os.close(fd)
+    ino = {name: (t / name).stat().st_ino for name in ("f00100", "f00002", "added", "f00001", "big")}
+    root = t.stat().st_ino
+    kinds = {(it.objectid, it.type) for it in fine}
+    assert (ino["f00100"], io.INODE_ITEM_KEY) in kinds and (ino["f00100"], io.EXTENT_DATA_KEY) in kinds
+    assert (ino["f00002"], io.XATTR_ITEM_KEY) in kinds
+    assert (ino["added"], io.INODE_ITEM_KEY) in kinds
+    assert (root, io.DIR_INDEX_KEY) in kinds and (root, io.INODE_ITEM_KEY) in kinds
+    # what was not written since stays out, though its metadata block was
+    assert not any(it.objectid in (ino["f00001"], ino["big"]) for it in fine)
+    assert any(it.objectid == ino["f00001"] for it in coarse) or len(coarse) > len(fine)
+    assert {it.type for it in fine} <= {io.INODE_ITEM_KEY, io.DIR_ITEM_KEY, io.DIR_INDEX_KEY,
+                                        io.XATTR_ITEM_KEY, io.EXTENT_DATA_KEY}
+    for it in fine:
+        if it.type == io.INODE_ITEM_KEY:
+            assert io.decode_inode_item(it.data).transid > gen
+        elif it.type == io.EXTENT_DATA_KEY:
+            assert io.decode_file_extent(it.data).generation > gen
+        else:
+            assert any(d.transid > gen for d in io.decode_dir_items(it.data))
+
+
+def test_decode_inode_refs_names_every_hard_link(btrfs_fs, fsfd):
+    io.create_subvolume(fsfd, "l")
+    t = btrfs_fs.mountpoint / "l"
+    (t / "d").mkdir()
+    (t / "a").write_text("x")
+    os.link(t / "a", t / "b")
+    os.link(t / "a", t / "d" / "c")
+    ino = (t / "a").stat().st_ino
+    fd = opendir(t)
+    try:
+        io.sync(fd)
+        names = []
+        for it in io.TreeSearch(fd, 0, min_objectid=ino, max_objectid=ino,
+                                min_type=io.INODE_REF_KEY, max_type=io.INODE_EXTREF_KEY):
+            refs = (io.decode_inode_refs(it.data, it.offset) if it.type == io.INODE_REF_KEY
+                    else io.decode_inode_extrefs(it.data))
+            names += [(r.parent, r.name) for r in refs]
+        assert io.search_item(fd, 0, ino, io.INODE_ITEM_KEY, 0) is not None
+        assert io.search_item(fd, 0, ino + 1000, io.INODE_ITEM_KEY, 0) is None
+    finally:
+        os.close(fd)
+    root, sub = t.stat().st_ino, (t / "d").stat().st_ino
+    assert sorted(names) == sorted([(root, b"a"), (root, b"b"), (sub, b"c")])
+
+
 def test_tree_search_on_missing_tree_and_bad_buffer(fsfd):
     with pytest.raises(FileNotFoundError):
         list(io.TreeSearch(fsfd, io.QUOTA_TREE_OBJECTID))  # quotas are off: no quota tree
@@ -470,12 +535,16 @@ def test_decode_root_item_matches_subvolume_info(btrfs_fs, fsfd):
 
 
 def test_decoders_refuse_short_items():
-    for decode in (io.decode_inode_item, io.decode_root_item, io.decode_root_ref,
+    for decode in (io.decode_inode_item, io.decode_root_item, io.decode_root_ref, io.decode_file_extent,
                    io.decode_qgroup_status, io.decode_qgroup_info, io.decode_qgroup_limit):
         with pytest.raises(ValueError, match="too short"):
             decode(b"\0" * 8)
     with pytest.raises(ValueError):
         io.decode_dir_items(b"\0" * 10)
+    with pytest.raises(ValueError):
+        io.decode_inode_refs(b"\0" * 8 + b"\x05\x00ab", 256)  # a name of 5 bytes holding 2
+    with pytest.raises(ValueError):
+        io.decode_inode_extrefs(b"\0" * 10)
     # a ROOT_REF whose name length runs past the item
     with pytest.raises(ValueError):
         io.decode_root_ref(b"\0" * 16 + b"\xff\x00" + b"ab")

@@ -51,31 +51,47 @@ class NativeUnavailable(NativeChangesUnavailable):
 
 
 class _Tree:
-    """What changed in one subvolume since transaction ``since``."""
+    """The items of one subvolume written since transaction ``since``."""
 
     def __init__(self, fd: int, since: int):
         self.fd = fd
-        self.inodes: dict[int, int] = {}   # inode written since -> its mode
-        self.data: set[int] = set()        # inodes with file extents written since
+        self.written: dict[int, object] = {}  # inode -> its InodeItem, written since
+        self.entries: set[int] = set()        # directories with entries written since
+        self.data: set[int] = set()           # inodes with file extents written since
+        self.xattrs: set[int] = set()         # inodes with extended attributes written since
         self._dirs: dict[int, bytes] = {_ROOT_INO: b""}
         for item in _ioctl.TreeSearch(fd, 0, min_objectid=_ROOT_INO, max_objectid=_ioctl.LAST_FREE_OBJECTID,
                                       min_type=_ioctl.INODE_ITEM_KEY, max_type=_ioctl.EXTENT_DATA_KEY,
-                                      min_transid=since + 1):
+                                      min_transid=since + 1, min_item_transid=since + 1):
             kind = item.type
             if kind == _ioctl.INODE_ITEM_KEY:
-                inode = _ioctl.decode_inode_item(item.data)
-                if inode.transid > since:
-                    self.inodes[item.objectid] = inode.mode
+                self.written[item.objectid] = _ioctl.decode_inode_item(item.data)
             elif kind == _ioctl.EXTENT_DATA_KEY:
-                if item.objectid not in self.data and _ioctl.decode_file_extent(item.data).generation > since:
-                    self.data.add(item.objectid)
-            elif kind in (_ioctl.DIR_ITEM_KEY, _ioctl.DIR_INDEX_KEY):
-                # the directory's inode item says so too; this keeps a
-                # directory whose entries changed from going unnoticed
-                # should an inode update ever be skipped
-                if item.objectid not in self.inodes and any(
-                        entry.transid > since for entry in _ioctl.decode_dir_items(item.data)):
-                    self.inodes[item.objectid] = stat.S_IFDIR
+                self.data.add(item.objectid)
+            elif kind == _ioctl.XATTR_ITEM_KEY:
+                self.xattrs.add(item.objectid)
+            else:
+                self.entries.add(item.objectid)
+
+    def changed(self, other: "_Tree") -> dict[int, int]:
+        """The inodes of this tree that may differ from the snapshot, with
+        their modes.  An inode item is rewritten for an atime update too
+        (relatime: on the first read after a change), which is no change:
+        such an inode is compared with its item in the other tree, which
+        still holds the snapshot's state when it was not written there since.
+        The fields compared are all but atime and transid; ``sequence``
+        (i_version) moves on every change but an atime update."""
+        out = {}
+        for ino, inode in self.written.items():
+            if not (ino in self.data or ino in self.entries or ino in self.xattrs or ino in other.written):
+                raw = _ioctl.search_item(other.fd, 0, ino, _ioctl.INODE_ITEM_KEY, 0)
+                if raw is not None and _ioctl.decode_inode_item(raw)._replace(transid=0, atime_ns=0) \
+                        == inode._replace(transid=0, atime_ns=0):
+                    continue
+            out[ino] = inode.mode
+        for ino in self.entries:
+            out.setdefault(ino, stat.S_IFDIR)
+        return out
 
     def _dir_path(self, ino: int) -> bytes:
         path = self._dirs.get(ino)
@@ -242,8 +258,8 @@ def _native_changes(new_root: bytes, old_root: bytes, new_fd: int, old_fd: int) 
     except PermissionError as e:
         raise NativeUnavailable(f"searching btrfs trees needs CAP_SYS_ADMIN ({e.strerror})") from None
     root = _Node()
-    for tree in (new, old):
-        for ino, mode in tree.inodes.items():
+    for tree, other in ((new, old), (old, new)):
+        for ino, mode in tree.changed(other).items():
             for path in tree.paths(ino):
                 node = root
                 if path:
