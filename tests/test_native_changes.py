@@ -25,6 +25,7 @@ what an unprivileged process gets.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import io
@@ -94,6 +95,43 @@ def _xattrs(path: str) -> dict[str, bytes]:
     except OSError:
         return {}
     return {n: os.getxattr(path, n, follow_symlinks=False) for n in names}
+
+
+# ---------------------------------------------------------------- system calls Python lacks
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+AT_FDCWD = -100
+RENAME_EXCHANGE = 2
+FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
+FICLONE = 0x40049409
+
+
+def _exchange(a: str, b: str) -> None:
+    if _libc.renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e), a)
+
+
+def _fallocate(path: str, mode: int, offset: int, length: int) -> None:
+    fd = os.open(path, os.O_RDWR)
+    try:
+        if _libc.fallocate(fd, mode, offset, length) != 0:
+            e = ctypes.get_errno()
+            raise OSError(e, os.strerror(e), path)
+    finally:
+        os.close(fd)
+
+
+def _clone(src: str, dst: str) -> None:
+    """The whole of ``src`` reflinked over ``dst`` (cp --reflink)."""
+    s, d = os.open(src, os.O_RDONLY), os.open(dst, os.O_WRONLY)
+    try:
+        fcntl.ioctl(d, FICLONE, s)
+    finally:
+        os.close(s)
+        os.close(d)
 
 
 # ---------------------------------------------------------------- random trees and mutations
@@ -523,18 +561,90 @@ class Tree:
         self.note(f"mkfifo {f}")
         return True
 
+    def m_read(self) -> bool:
+        """Read a file and list a directory: atime updates (relatime) rewrite
+        inode items without changing anything a diff carries."""
+        files = self.files()
+        if not files:
+            return False
+        f = self.rng.choice(files)
+        _read(self.p(f))
+        os.listdir(self.p(os.path.dirname(f)) or "/")
+        self.note(f"read {f}")
+        return True
+
+    def m_exchange(self) -> bool:
+        """renameat2(RENAME_EXCHANGE) of two entries, of any types."""
+        paths = self.anything()
+        if len(paths) < 2:
+            return False
+        a, b = self.rng.sample(paths, 2)
+        if (a + "/").startswith(b + "/") or (b + "/").startswith(a + "/"):
+            return False
+        _exchange(self.p(a), self.p(b))
+        self.note(f"exchange {a} and {b}")
+        return True
+
+    # -- changes of file data that write no file extent item of their own:
+    # native misses them (see the xfail tests below); kept out of MUTATIONS
+    # until that is fixed, so that the differential test stays a regression test
+
+    def _restore(self, f: str, st: os.stat_result) -> None:
+        os.utime(self.p(f), ns=(st.st_atime_ns, st.st_mtime_ns))
+
+    def m_clone_over(self) -> bool:
+        """FICLONE another file's extents over a file of the same size, mtime restored."""
+        by_size: dict[int, list[str]] = {}
+        for f in self.files():
+            by_size.setdefault(os.lstat(self.p(f)).st_size, []).append(f)
+        pairs = [g for size, g in by_size.items() if len(g) >= 2 and size > 0]
+        if not pairs:
+            return False
+        dst, src = self.rng.sample(self.rng.choice(pairs), 2)
+        st = os.lstat(self.p(dst))
+        _clone(self.p(src), self.p(dst))
+        self._restore(dst, st)
+        self.note(f"clone {src} over {dst} (same size), mtime restored")
+        return True
+
+    def m_punch_hole(self) -> bool:
+        files = [f for f in self.files() if os.lstat(self.p(f)).st_size > 8 * KiB]
+        if not files:
+            return False
+        f = self.rng.choice(files)
+        st = os.lstat(self.p(f))
+        _fallocate(self.p(f), FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE, 4096, 4096)
+        self._restore(f, st)
+        self.note(f"punch a hole at 4096+4096 in {f}, mtime restored")
+        return True
+
+    def m_truncate_and_extend(self) -> bool:
+        files = [f for f in self.files() if os.lstat(self.p(f)).st_size > 0]
+        if not files:
+            return False
+        f = self.rng.choice(files)
+        st = os.lstat(self.p(f))
+        os.truncate(self.p(f), 0)
+        os.truncate(self.p(f), st.st_size)
+        self._restore(f, st)
+        self.note(f"truncate {f} to 0 and back to {st.st_size}, mtime restored")
+        return True
+
+    EXTENTLESS = {"clone_over": 2, "punch_hole": 2, "truncate_and_extend": 2}
+
     MUTATIONS = {
         "create": 3, "mkdir": 1, "write": 3, "rewrite_same_size_restore_mtime": 3,
         "rewrite_identical_restore_mtime": 1, "swap_alike": 2, "truncate": 2, "append": 2,
         "chmod": 2, "chmod_and_back": 1, "chown": 2, "utime": 2, "xattr_set": 2, "xattr_remove": 1,
         "rename_within": 2, "rename_across": 2, "rename_over": 1, "link": 1, "link_then_unlink": 2,
         "unlink": 2, "rmdir": 1, "file_to_dir": 1, "dir_to_file": 1, "symlink_retarget": 2,
-        "delete_recreate": 2, "fifo": 1,
+        "delete_recreate": 2, "fifo": 1, "read": 2, "exchange": 1,
     }
 
-    def mutate(self, count: int) -> None:
-        kinds = list(self.MUTATIONS)
-        weights = list(self.MUTATIONS.values())
+    def mutate(self, count: int, mutations: dict[str, int] | None = None) -> None:
+        mutations = mutations or self.MUTATIONS
+        kinds = list(mutations)
+        weights = list(mutations.values())
         done = 0
         tries = 0
         while done < count and tries < count * 10:
@@ -618,7 +728,8 @@ def disagreements(layer: str, parent: str, native: list[Change], naive: list[Cha
 
 # ---------------------------------------------------------------- the differential test
 
-def _run_case(d: Driver, seed: int, n: int) -> tuple[list[str], list[str], list[str], int]:
+def _run_case(d: Driver, seed: int, n: int, mutations: dict[str, int] | None = None,
+              ) -> tuple[list[str], list[str], list[str], int]:
     """One case with ids P<n> and L<n>; returns (problems, layer log, parent
     log, how many entries only native reported)."""
     rng = random.Random(seed)
@@ -632,7 +743,7 @@ def _run_case(d: Driver, seed: int, n: int) -> tuple[list[str], list[str], list[
     layer = d.get(l_id)
     new = Tree(layer, rng)
     new._serial = base._serial  # new names never collide with the base tree's
-    new.mutate(rng.randint(1, 20))
+    new.mutate(rng.randint(1, 20), mutations)
     old = Tree(parent, rng)
     old._serial = new._serial + 1000
     if rng.random() < 0.25:
@@ -648,10 +759,10 @@ def _run_case(d: Driver, seed: int, n: int) -> tuple[list[str], list[str], list[
     return problems, new.log, old.log, extra
 
 
-def _differential(d: Driver, seeds: list[int]) -> dict:
+def _differential(d: Driver, seeds: list[int], mutations: dict[str, int] | None = None) -> dict:
     stats = {"cases": 0, "extra": 0, "cases_with_extra": 0, "failures": []}
     for n, seed in enumerate(seeds):
-        problems, layer_log, parent_log, extra = _run_case(d, seed, n)
+        problems, layer_log, parent_log, extra = _run_case(d, seed, n, mutations)
         stats["cases"] += 1
         stats["extra"] += extra
         stats["cases_with_extra"] += bool(extra)
@@ -696,3 +807,13 @@ def test_differential_native_against_naive_long(driver):
     if not os.environ.get("BTRFSX_NATIVE_SEED"):
         seeds = [s + 1_000_000 for s in seeds]  # not the default run's seeds again
     _check(_differential(driver, seeds), started)
+
+
+@pytest.mark.xfail(strict=True, reason="native misses data changes that write no file extent item of their "
+                   "own generation: reflinks (FICLONE, copy_file_range), punched holes, truncate and extend")
+def test_differential_with_extentless_data_changes(driver):
+    """The same, with reflinks, punched holes and truncate-and-extend among
+    the mutations (each with the mtime given back)."""
+    started = time.monotonic()
+    seeds = [s + 2_000_000 for s in _seeds(100, "BTRFSX_NATIVE_CASES")]
+    _check(_differential(driver, seeds, {**Tree.MUTATIONS, **Tree.EXTENTLESS}), started)
