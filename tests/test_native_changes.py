@@ -597,11 +597,14 @@ class Tree:
         by_size: dict[int, list[str]] = {}
         for f in self.files():
             by_size.setdefault(os.lstat(self.p(f)).st_size, []).append(f)
-        pairs = [g for size, g in by_size.items() if len(g) >= 2 and size > 0]
+        # not inline (btrfs clones no inline extent into a file with others)
+        pairs = [g for size, g in by_size.items() if len(g) >= 2 and size > 4096]
         if not pairs:
             return False
         dst, src = self.rng.sample(self.rng.choice(pairs), 2)
         st = os.lstat(self.p(dst))
+        if st.st_ino == os.lstat(self.p(src)).st_ino:
+            return False  # hard links of one inode: a clone onto itself
         _clone(self.p(src), self.p(dst))
         self._restore(dst, st)
         self.note(f"clone {src} over {dst} (same size), mtime restored")
