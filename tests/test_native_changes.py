@@ -820,3 +820,365 @@ def test_differential_with_extentless_data_changes(driver):
     started = time.monotonic()
     seeds = [s + 2_000_000 for s in _seeds(100, "BTRFSX_NATIVE_CASES")]
     _check(_differential(driver, seeds, {**Tree.MUTATIONS, **Tree.EXTENTLESS}), started)
+
+
+# ---------------------------------------------------------------- focused tests
+
+NATIVE_LOG = "' read from btrfs metadata"  # "changes against 'A' read from ..."
+WALK_LOG = "walking both trees"
+
+
+def _base(d: Driver, id: str = "A") -> str:
+    """Layer ``id`` with a small tree: /etc/conf, /etc/passwd (5 KiB),
+    /bin/sh (12 KiB), /big (20 KiB), /empty, /tmp/ and a symlink /link."""
+    d.create(id)
+    root = d.get(id)
+    os.chmod(root, 0o755)
+    os.makedirs(root + "/etc/deep/er")
+    os.mkdir(root + "/bin")
+    os.mkdir(root + "/tmp")
+    _write(root + "/etc/conf", b"key=value\n")
+    _write(root + "/etc/passwd", b"root:x:0:0::/root:/bin/sh\n" * 200)
+    _write(root + "/etc/deep/er/file", b"deep\n")
+    _write(root + "/bin/sh", bytes(range(256)) * 48)
+    _write(root + "/big", b"b" * 20 * KiB)
+    _write(root + "/empty", b"")
+    os.symlink("etc/conf", root + "/link")
+    return root
+
+
+def _log_says(caplog, text: str) -> bool:
+    return any(text in r.getMessage() for r in caplog.records if r.name == "btrfsx.driver")
+
+
+def _same_size_rewrite(path: str) -> None:
+    """Other bytes of the same size, the old mtime given back."""
+    st = os.lstat(path)
+    data = _read(path)
+    _write(path, bytes(255 - b for b in data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_driver_uses_the_native_path_for_a_snapshot_and_walks_otherwise(driver, caplog):
+    """changes(B, A) with B a snapshot of A is read from btrfs metadata;
+    changes(C, B) with B and C both snapshots of A is walked; both answers
+    are the walk's."""
+    caplog.set_level(logging.DEBUG, logger="btrfsx.driver")
+    _base(driver)
+    driver.create("B", "A")
+    driver.create("C", "A")
+    b, c = driver.get("B"), driver.get("C")
+    _write(b + "/etc/conf", b"key=other value\n")
+    os.unlink(b + "/big")
+    _write(c + "/tmp/new", b"new")
+    os.chmod(c + "/bin/sh", 0o700)
+
+    caplog.clear()
+    found = driver.changes("B", "A")
+    assert _log_says(caplog, NATIVE_LOG) and not _log_says(caplog, WALK_LOG)
+    assert found == naive_changes(b, driver.get("A"))
+    assert [str(x) for x in found] == ["D /big", "C /etc", "C /etc/conf"]
+
+    caplog.clear()
+    found = driver.changes("C", "B")
+    assert _log_says(caplog, WALK_LOG) and not _log_says(caplog, NATIVE_LOG)
+    # the log says why: C is not a snapshot of B
+    assert any("not a snapshot" in r.getMessage() for r in caplog.records)
+    assert found == naive_changes(c, b)
+    assert [str(x) for x in found] == ["A /big", "C /bin", "C /bin/sh", "C /etc", "C /etc/conf",
+                                       "C /tmp", "A /tmp/new"]
+
+
+def test_changes_native_raises_naming_layer_parent_and_reason(home):
+    """btrfsx.changes=native: a pair the native path cannot read raises
+    NativeChangesUnavailable instead of walking; a snapshot pair works."""
+    with Driver(home, ["btrfsx.changes=native"]) as d:
+        _base(d)
+        d.create("B", "A")
+        d.create("C", "A")
+        _write(d.get("C") + "/x", b"x")
+        with pytest.raises(NativeChangesUnavailable) as err:
+            d.changes("C", "B")
+        message = str(err.value)
+        assert "'C'" in message and "'B'" in message and "not a snapshot of the parent" in message
+        assert [str(x) for x in d.changes("C", "A")] == ["A /x"]
+        # without a parent every entry is an addition, no btrfs metadata needed
+        assert ("/x", ADD) in _as_set(d.changes("C"))
+
+
+def test_changes_naive_never_uses_the_native_path(home, caplog):
+    caplog.set_level(logging.DEBUG, logger="btrfsx.driver")
+    with Driver(home, ["btrfsx.changes=naive"]) as d:
+        _base(d)
+        d.create("B", "A")
+        _write(d.get("B") + "/etc/conf", b"key=other value\n")
+        _same_size_rewrite(d.get("B") + "/big")  # only the native path would see this
+        caplog.clear()
+        found = d.changes("B", "A")
+        assert not _log_says(caplog, NATIVE_LOG) and not _log_says(caplog, WALK_LOG)
+        assert [str(x) for x in found] == ["C /etc", "C /etc/conf"]  # /big unseen: it was the walk
+
+
+@pytest.mark.parametrize("where", ["layer", "parent"])
+def test_a_nested_subvolume_means_the_walk(home, caplog, where):
+    """A nested subvolume's contents are in another tree: auto walks (and
+    says why), native refuses, naming the reason."""
+    caplog.set_level(logging.DEBUG, logger="btrfsx.driver")
+    with Driver(home) as d, Driver(home, ["btrfsx.changes=native"]) as strict:
+        _base(d)
+        d.create("B", "A")
+        root = d.get("B" if where == "layer" else "A")
+        fd = os.open(root + "/tmp", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            _ioctl.create_subvolume(fd, "nested")
+        finally:
+            os.close(fd)
+        _write(root + "/tmp/nested/inside", b"in a nested subvolume")
+        caplog.clear()
+        found = d.changes("B", "A")
+        assert _log_says(caplog, WALK_LOG) and not _log_says(caplog, NATIVE_LOG)
+        assert any("nested subvolume" in r.getMessage() for r in caplog.records)
+        assert found == naive_changes(d.get("B"), d.get("A"))
+        kind = ADD if where == "layer" else DELETE
+        assert ("/tmp/nested", kind) in _as_set(found)
+        with pytest.raises(NativeChangesUnavailable, match="nested subvolume"):
+            strict.changes("B", "A")
+        with pytest.raises(NativeChangesUnavailable, match="nested subvolume"):
+            native_changes(d.get("B"), d.get("A"))
+        strict.close()
+
+
+def test_changes_of_the_parent_after_the_snapshot_are_reported(driver):
+    """The native path reads both trees: a file modified, deleted or added in
+    the parent after the snapshot is a change of the layer against it."""
+    a = _base(driver)
+    driver.create("B", "A")
+    b = driver.get("B")
+    _write(a + "/etc/conf", b"changed in the parent\n")
+    os.unlink(a + "/bin/sh")
+    _write(a + "/tmp/added", b"added to the parent")
+    os.rename(a + "/etc/deep", a + "/moved")
+    _same_size_rewrite(a + "/big")   # a hidden rewrite, in the parent this time
+    found = native_changes(b, a)
+    assert [str(x) for x in found] == [
+        "C /big",             # only native: same size and mtime, other bytes
+        "C /bin", "A /bin/sh",  # deleted from the parent: the layer has it
+        "C /etc", "C /etc/conf", "A /etc/deep", "A /etc/deep/er", "A /etc/deep/er/file",
+        "D /moved",
+        "C /tmp", "D /tmp/added",
+    ]
+    assert _as_set(found) - _as_set(naive_changes(b, a)) == {("/big", MODIFY)}
+
+
+def test_a_rewrite_with_size_and_mtime_given_back_is_seen_by_native_only(driver):
+    """Precision (a): other bytes of the same size and the old mtime: the
+    walk sees nothing, the native path reports the file and its directories."""
+    a = _base(driver)
+    driver.create("B", "A")
+    b = driver.get("B")
+    for path in ("/etc/deep/er/file", "/etc/passwd", "/bin/sh"):  # inline, 5 KiB, 12 KiB
+        _same_size_rewrite(b + path)
+    assert naive_changes(b, a) == []
+    assert [str(x) for x in native_changes(b, a)] == [
+        "C /bin", "C /bin/sh", "C /etc", "C /etc/deep", "C /etc/deep/er", "C /etc/deep/er/file", "C /etc/passwd"]
+
+
+def test_two_alike_files_swapped_by_renames_are_seen_by_native_only(driver):
+    """Precision (b): two files of the same size, mode and mtime exchanged by
+    renames: the walk sees the same names with the same stat; the native
+    path sees other inodes there and compares bytes."""
+    d = driver
+    d.create("A")
+    a = d.get("A")
+    os.chmod(a, 0o755)
+    os.mkdir(a + "/dir")
+    for name, byte in (("one", b"1"), ("two", b"2")):
+        _write(a + "/dir/" + name, byte * 6000)
+        os.utime(a + "/dir/" + name, ns=(T0, T0))
+    d.create("B", "A")
+    b = d.get("B")
+    os.rename(b + "/dir/one", b + "/dir/tmp")
+    os.rename(b + "/dir/two", b + "/dir/one")
+    os.rename(b + "/dir/tmp", b + "/dir/two")
+    assert naive_changes(b, a) == []
+    assert [str(x) for x in native_changes(b, a)] == ["C /dir", "C /dir/one", "C /dir/two"]
+
+
+def test_nothing_changed_when_bytes_and_metadata_are_given_back(driver):
+    """Both agree there is no change: a file rewritten with its own bytes and
+    its mtime given back (native compares the bytes), a chmod undone, a file
+    deleted and made again alike, and files only read (atime)."""
+    a = _base(driver)
+    driver.create("B", "A")
+    b = driver.get("B")
+    st = os.lstat(b + "/bin/sh")
+    _write(b + "/bin/sh", _read(b + "/bin/sh"))
+    os.utime(b + "/bin/sh", ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.chmod(b + "/etc/passwd", 0o600)
+    os.chmod(b + "/etc/passwd", 0o644)
+    os.chmod(b + "/etc", 0o700)
+    os.chmod(b + "/etc", 0o755)
+    st = os.lstat(b + "/big")
+    os.unlink(b + "/big")
+    _write(b + "/big", b"b" * 20 * KiB)
+    os.utime(b + "/big", ns=(st.st_atime_ns, st.st_mtime_ns))
+    for path in ("/etc/conf", "/etc/deep/er/file"):
+        _read(b + path)
+        _read(a + path)
+    assert naive_changes(b, a) == []
+    assert native_changes(b, a) == []
+
+
+def test_uncommitted_changes_and_dirty_pages_are_seen(driver):
+    """No sync before asking: the native path commits first.  An append
+    whose pages are still dirty changed the inode in memory only (its item
+    reaches the tree at writeback); an early version missed it."""
+    a = _base(driver)
+    driver.create("B", "A")
+    b = driver.get("B")
+    with open(b + "/etc/passwd", "ab") as f:
+        f.write(b"nobody:x:65534:65534::/:/bin/false\n")
+        f.flush()
+        # still open, never fsynced: the data is in the page cache
+        assert [str(x) for x in native_changes(b, a)] == ["C /etc", "C /etc/passwd"]
+    _write(b + "/tmp/fresh", b"fresh")
+    fd = os.open(b + "/big", os.O_WRONLY)
+    try:
+        st = os.fstat(fd)
+        os.pwrite(fd, b"X" * 100, 9000)  # dirty pages of a hidden rewrite
+        os.utime(b + "/big", ns=(st.st_atime_ns, st.st_mtime_ns))
+        found = native_changes(b, a)
+    finally:
+        os.close(fd)
+    assert [str(x) for x in found] == ["C /big", "C /etc", "C /etc/passwd", "C /tmp", "A /tmp/fresh"]
+    assert _as_set(found) - _as_set(naive_changes(b, a)) == {("/big", MODIFY)}
+
+
+def test_uncommitted_changes_just_after_the_snapshot(driver):
+    """The first write after the snapshot, asked about at once, many times."""
+    _base(driver)
+    for i in range(20):
+        driver.create(f"B{i}", "A")
+        b = driver.get(f"B{i}")
+        with open(b + "/etc/conf", "ab") as f:
+            f.write(b"x")
+        assert [str(x) for x in native_changes(b, driver.get("A"))] == ["C /etc", "C /etc/conf"]
+
+
+def _tar(stream) -> list[tuple]:
+    with stream, tarfile.open(fileobj=io.BytesIO(stream.read()), mode="r|") as t:
+        return [(m.name, m.type, m.size, m.mode, m.uid, m.gid, m.mtime, m.linkname) for m in t]
+
+
+def test_diff_and_diff_size_agree_between_native_and_naive(home):
+    """Two drivers on one home, one native, one naive: the same diff tar and
+    diff_size for a layer with every kind of change the walk can see; for a
+    hidden rewrite the native diff carries the file."""
+    with Driver(home, ["btrfsx.changes=native"]) as native, Driver(home, ["btrfsx.changes=naive"]) as naive:
+        _base(native)
+        native.create("B", "A")
+        b = native.get("B")
+        _write(b + "/etc/conf", b"key=other, longer\n")
+        os.unlink(b + "/big")
+        os.rename(b + "/etc/deep", b + "/bin/deep")
+        os.link(b + "/bin/sh", b + "/bin/bash")
+        os.setxattr(b + "/etc/conf", "user.x", b"1")
+        os.chown(b + "/empty", 1000, 1000)
+        os.unlink(b + "/link")
+        os.symlink("bin/sh", b + "/link")
+        os.mkfifo(b + "/tmp/fifo")
+        assert native.changes("B", "A") == naive.changes("B", "A")
+        assert _tar(native.diff("B", "A")) == _tar(naive.diff("B", "A"))
+        with native.diff("B", "A") as x, naive.diff("B", "A") as y:
+            assert x.read() == y.read()  # the same bytes, not just the same members
+        assert native.diff_size("B", "A") == naive.diff_size("B", "A") > 0
+
+        _same_size_rewrite(b + "/etc/passwd")
+        assert "etc/passwd" in [m[0] for m in _tar(native.diff("B", "A"))]
+        assert "etc/passwd" not in [m[0] for m in _tar(naive.diff("B", "A"))]
+        assert native.diff_size("B", "A") == naive.diff_size("B", "A") + os.lstat(b + "/etc/passwd").st_size
+        naive.close()
+
+
+# ---------------------------------------------------------------- without privilege
+
+def _as_nobody(code: str) -> subprocess.CompletedProcess:
+    """Run ``code`` in a Python process as uid and gid 65534 (it prints what
+    it found; a traceback fails the test).  Modules are imported while still
+    root: the interpreter's standard library may be where nobody can read."""
+    prelude = ("import os, sys, logging, btrfsx, btrfsx.archive.native, btrfsx.archive.changes\n"
+               "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n")
+    return subprocess.run([sys.executable, "-c", prelude + code], capture_output=True, text=True, timeout=120)
+
+
+def test_native_changes_needs_cap_sys_admin(btrfs_fs):
+    """As an unprivileged user the tree search is refused: native_changes
+    raises NativeChangesUnavailable saying so, not a PermissionError."""
+    top = btrfs_fs.mountpoint / "unpriv"
+    top.mkdir()
+    os.chmod(top, 0o755)
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        _ioctl.create_subvolume(fd, "A")
+        os.chmod(top / "A", 0o755)
+        _write(str(top / "A" / "f"), b"f" * 5000)
+        afd = os.open(top / "A", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            _ioctl.snapshot(afd, fd, "B")
+        finally:
+            os.close(afd)
+    finally:
+        os.close(fd)
+    _write(str(top / "B" / "g"), b"g")
+    a, b = str(top / "A"), str(top / "B")
+    assert [str(x) for x in native_changes(b, a)] == ["A /g"]  # as root it works
+    proc = _as_nobody(f"""
+from btrfsx import NativeChangesUnavailable
+from btrfsx.archive.native import native_changes
+from btrfsx.archive.changes import changes
+try:
+    native_changes({b!r}, {a!r})
+except NativeChangesUnavailable as e:
+    print("unavailable:", e)
+except PermissionError as e:
+    print("permission error:", e)
+else:
+    print("no error")
+print("walk:", [str(c) for c in changes({b!r}, {a!r})])
+""")
+    assert proc.returncode == 0, proc.stderr
+    assert "unavailable:" in proc.stdout and "CAP_SYS_ADMIN" in proc.stdout, proc.stdout
+    assert "walk: ['A /g']" in proc.stdout
+
+
+def test_rootless_driver_falls_back_to_the_walk(btrfs_fs):
+    """A rootless Driver (auto) gets the walk's answer, and says why in its log."""
+    home = btrfs_fs.mountpoint / "rootless"
+    home.mkdir()
+    os.chown(home, 65534, 65534)
+    proc = _as_nobody(f"""
+import logging, sys
+logging.basicConfig(level=logging.DEBUG, stream=sys.stdout, format="LOG %(name)s %(message)s")
+from btrfsx import Driver, NativeChangesUnavailable
+d = Driver({str(home)!r})
+d.create("A")
+os.chmod(d.get("A"), 0o755)
+open(os.path.join(d.get("A"), "f"), "wb").write(b"f" * 5000)
+d.create("B", "A")
+open(os.path.join(d.get("B"), "g"), "wb").write(b"g")
+print("changes:", [str(c) for c in d.changes("B", "A")])
+strict = Driver({str(home)!r}, ["btrfsx.changes=native"])
+try:
+    strict.changes("B", "A")
+except NativeChangesUnavailable as e:
+    print("native:", e)
+strict.close()
+d.remove("B"); d.remove("A")
+d.cleanup()
+""")
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert "changes: ['A /g']" in proc.stdout
+    walked = [line for line in proc.stdout.splitlines() if line.startswith("LOG btrfsx.driver") and WALK_LOG in line]
+    assert walked and "CAP_SYS_ADMIN" in walked[0], proc.stdout
+    assert not [line for line in proc.stdout.splitlines() if line.startswith("LOG") and NATIVE_LOG in line]
+    assert "native: layer 'B'" in proc.stdout and "CAP_SYS_ADMIN" in proc.stdout
