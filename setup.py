@@ -8,7 +8,12 @@ extensions = [
         ["btrfsx/_ioctl.pyx"],
         include_dirs=["btrfsx"],
         extra_compile_args=["-O2"],
-    )
+    ),
+    Extension(
+        "btrfsx.archive._tar",
+        ["btrfsx/archive/_tar.pyx"],
+        extra_compile_args=["-O2"],
+    ),
 ]
 
 setup(

@@ -36,6 +36,9 @@ def test_header_matches_tarfile(name, kind, pax, linkname, size, mode, uid, gid,
     if kind in (tarfile.CHRTYPE, tarfile.BLKTYPE):
         info.devmajor, info.devminor = 8, 1
     info.pax_headers = dict(pax)
+    if "mtime" in pax:
+        # the ustar field holds the whole seconds of the PAX time, as in an export
+        info.mtime = int(pax["mtime"].partition(".")[0])
     ours = _header(info)
     binary = any(not v.isascii() and v != v.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
                  for v in pax.values())
