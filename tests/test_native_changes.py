@@ -43,6 +43,7 @@ import pytest
 from btrfsx import Change, ChangeKind, Driver, NativeChangesUnavailable, _ioctl
 from btrfsx.archive.changes import changes as naive_changes
 from btrfsx.archive.native import native_changes
+from btrfsx.testing import build_layer
 
 ADD, MODIFY, DELETE = ChangeKind.ADD, ChangeKind.MODIFY, ChangeKind.DELETE
 KiB = 1024
@@ -145,6 +146,9 @@ class Tree:
         self.rng = rng
         self.log: list[str] = []
         self._serial = 0
+        self.bulk = 0             # files in /bulk (build_layer's tNNN/dNN/fNNNN)
+        self.bulk_fraction = 0.05
+        self.applied: dict[str, int] = {}  # mutation kind -> times applied
 
     # -- looking at the tree (sorted, so a seed always picks the same targets)
 
@@ -157,7 +161,7 @@ class Tree:
                 child = f"{rel}/{name}"
                 st = os.lstat(self.root + child)
                 out.append((child, st))
-                if stat.S_ISDIR(st.st_mode):
+                if stat.S_ISDIR(st.st_mode) and name != "bulk":  # m_bulk's business
                     stack.append(child)
         out.sort()
         return out
@@ -231,6 +235,12 @@ class Tree:
         for d in dirs[1:]:
             if rng.random() < 0.2:
                 os.chown(self.p(d), *rng.choice(OWNERS))
+        if rng.random() < self.bulk_fraction:
+            # thousands of inodes: a tree of several levels, most of whose
+            # blocks the snapshot shares and the search must skip
+            self.bulk = rng.randint(500, 3000)
+            os.mkdir(self.p("/bulk"))
+            build_layer(self.p("/bulk"), self.bulk)
 
     # -- the mutations; each returns False when the tree has nothing it applies to
 
@@ -635,13 +645,38 @@ class Tree:
 
     EXTENTLESS = {"clone_over": 2, "punch_hole": 2, "truncate_and_extend": 2}
 
+    def m_bulk(self) -> bool:
+        """One change to one of the thousands of files in /bulk."""
+        if not self.bulk:
+            return False
+        k = self.rng.randrange(self.bulk)
+        f = f"/bulk/t{k // 50 // 25:03d}/d{k // 50 % 25:02d}/f{k % 50:04d}"
+        if not os.path.lexists(self.p(f)) or not stat.S_ISREG(os.lstat(self.p(f)).st_mode):
+            return False
+        how = self.rng.choice(["hidden rewrite", "append", "unlink", "chmod", "rename"])
+        if how == "hidden rewrite":
+            st = os.lstat(self.p(f))
+            _write(self.p(f), bytes(255 - b for b in _read(self.p(f))))
+            os.utime(self.p(f), ns=(st.st_atime_ns, st.st_mtime_ns))
+        elif how == "append":
+            with open(self.p(f), "ab") as fh:
+                fh.write(b"more")
+        elif how == "unlink":
+            os.unlink(self.p(f))
+        elif how == "chmod":
+            os.chmod(self.p(f), 0o600)
+        else:
+            os.rename(self.p(f), self.p(f + "r"))
+        self.note(f"{how} {f}")
+        return True
+
     MUTATIONS = {
         "create": 3, "mkdir": 1, "write": 3, "rewrite_same_size_restore_mtime": 3,
         "rewrite_identical_restore_mtime": 1, "swap_alike": 2, "truncate": 2, "append": 2,
         "chmod": 2, "chmod_and_back": 1, "chown": 2, "utime": 2, "xattr_set": 2, "xattr_remove": 1,
         "rename_within": 2, "rename_across": 2, "rename_over": 1, "link": 1, "link_then_unlink": 2,
         "unlink": 2, "rmdir": 1, "file_to_dir": 1, "dir_to_file": 1, "symlink_retarget": 2,
-        "delete_recreate": 2, "fifo": 1, "read": 2, "exchange": 1,
+        "delete_recreate": 2, "fifo": 1, "read": 2, "exchange": 1, "bulk": 3,
     }
 
     def mutate(self, count: int, mutations: dict[str, int] | None = None) -> None:
@@ -655,6 +690,7 @@ class Tree:
             kind = self.rng.choices(kinds, weights)[0]
             if getattr(self, "m_" + kind)():
                 done += 1
+                self.applied[kind] = self.applied.get(kind, 0) + 1
 
 
 # ---------------------------------------------------------------- the rule
@@ -731,6 +767,9 @@ def disagreements(layer: str, parent: str, native: list[Change], naive: list[Cha
 
 # ---------------------------------------------------------------- the differential test
 
+APPLIED: dict[str, int] = {}  # what the differential tests did, for the summary they print
+
+
 def _run_case(d: Driver, seed: int, n: int, mutations: dict[str, int] | None = None,
               ) -> tuple[list[str], list[str], list[str], int]:
     """One case with ids P<n> and L<n>; returns (problems, layer log, parent
@@ -746,9 +785,14 @@ def _run_case(d: Driver, seed: int, n: int, mutations: dict[str, int] | None = N
     layer = d.get(l_id)
     new = Tree(layer, rng)
     new._serial = base._serial  # new names never collide with the base tree's
+    new.bulk = base.bulk
     new.mutate(rng.randint(1, 20), mutations)
     old = Tree(parent, rng)
-    old._serial = new._serial + 1000
+    old.bulk = base.bulk
+    # half the time the parent's new names are the layer's new names: the
+    # same name made on both sides after the snapshot, often with the same
+    # inode number (each tree numbers its new inodes from the snapshot's)
+    old._serial = base._serial if rng.random() < 0.5 else new._serial + 1000
     if rng.random() < 0.25:
         old.mutate(rng.randint(1, 5))
     native = native_changes(layer, parent)
@@ -759,6 +803,9 @@ def _run_case(d: Driver, seed: int, n: int, mutations: dict[str, int] | None = N
         problems += [f"native: {[str(c) for c in native]}", f"naive:  {[str(c) for c in naive]}"]
     d.remove(l_id)
     d.remove(p_id)
+    for kind, count in {**new.applied, **{"parent " + k: v for k, v in old.applied.items()}}.items():
+        APPLIED[kind] = APPLIED.get(kind, 0) + count
+    APPLIED["cases with /bulk"] = APPLIED.get("cases with /bulk", 0) + bool(base.bulk)
     return problems, new.log, old.log, extra
 
 
@@ -787,6 +834,8 @@ def _seeds(default_count: int, count_env: str) -> list[int]:
 
 def _check(stats: dict, started: float) -> None:
     elapsed = time.monotonic() - started
+    print("applied:", ", ".join(f"{k} {v}" for k, v in sorted(APPLIED.items())))
+    APPLIED.clear()
     print(f"{stats['cases']} cases in {elapsed:.1f} s; {stats['cases_with_extra']} with entries only native "
           f"reported ({stats['extra']} entries, all hidden rewrites or their directories)")
     assert not stats["failures"], "\n\n".join(stats["failures"][:5]) + (
@@ -1135,6 +1184,7 @@ def test_native_changes_needs_cap_sys_admin(btrfs_fs):
     proc = _as_nobody(f"""
 from btrfsx import NativeChangesUnavailable
 from btrfsx.archive.native import native_changes
+from btrfsx.testing import build_layer
 from btrfsx.archive.changes import changes
 try:
     native_changes({b!r}, {a!r})
