@@ -30,6 +30,7 @@ import errno
 import fcntl
 import io
 import logging
+import mmap
 import os
 import random
 import stat
@@ -232,6 +233,8 @@ class Tree:
             os.link(self.p(f), self.p(f"{rng.choice(dirs)}/{self._name('h')}"))
         if rng.random() < 0.7:
             os.mkfifo(self.p(f"{rng.choice(dirs)}/{self._name('p')}"), 0o600)
+        if rng.random() < 0.3:
+            os.mknod(self.p(f"{rng.choice(dirs)}/{self._name('c')}"), stat.S_IFCHR | 0o644, os.makedev(1, 3))
         for d in dirs[1:]:
             if rng.random() < 0.2:
                 os.chown(self.p(d), *rng.choice(OWNERS))
@@ -351,7 +354,8 @@ class Tree:
         return True
 
     def m_chmod(self) -> bool:
-        paths = [p for p, st in self._entries() if not stat.S_ISLNK(st.st_mode)]
+        # the root too: neither side may report it
+        paths = [""] + [p for p, st in self._entries() if not stat.S_ISLNK(st.st_mode)]
         if not paths:
             return False
         f = self.rng.choice(paths)
@@ -382,17 +386,17 @@ class Tree:
         return True
 
     def m_utime(self) -> bool:
-        paths = [p for p, st in self._entries() if not stat.S_ISLNK(st.st_mode)]
+        paths = self.anything()
         if not paths:
             return False
         f = self.rng.choice(paths)
         t = T0 + self.rng.choice([0, 1, 10**9, -(10**9), 7 * 10**9 + 5])
-        os.utime(self.p(f), ns=(t, t))
+        os.utime(self.p(f), ns=(t, t), follow_symlinks=False)  # a symlink's own mtime too
         self.note(f"utime {f} to {t}")
         return True
 
     def m_xattr_set(self) -> bool:
-        paths = [p for p, st in self._entries() if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)]
+        paths = [""] + [p for p, st in self._entries() if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)]
         if not paths:
             return False
         f = self.rng.choice(paths)
@@ -670,6 +674,57 @@ class Tree:
         self.note(f"{how} {f}")
         return True
 
+    def m_mmap_write(self) -> bool:
+        """Change bytes through a shared mapping, unmapped without msync; half
+        the time with the mtime given back (a hidden rewrite)."""
+        files = [f for f in self.files() if os.lstat(self.p(f)).st_size > 0]
+        if not files:
+            return False
+        f = self.rng.choice(files)
+        st = os.lstat(self.p(f))
+        offset = self.rng.randrange(st.st_size)
+        fd = os.open(self.p(f), os.O_RDWR)
+        try:
+            with mmap.mmap(fd, st.st_size) as m:
+                m[offset] = (m[offset] + 1) % 256
+        finally:
+            os.close(fd)
+        hidden = self.rng.random() < 0.5
+        if hidden:
+            os.utime(self.p(f), ns=(st.st_atime_ns, st.st_mtime_ns))
+        self.note(f"mmap write at {offset} of {f}" + (", mtime restored" if hidden else ""))
+        return True
+
+    def m_rename_dir_over_empty_dir(self) -> bool:
+        dirs = self.dirs(with_root=False)
+        empty = [d for d in dirs if not os.listdir(self.p(d))]
+        if not empty:  # make one, for a later turn
+            e = f"{self.rng.choice(self.dirs())}/{self._name('e')}"
+            os.mkdir(self.p(e))
+            self.note(f"mkdir {e} (empty)")
+            return True
+        target = self.rng.choice(empty)
+        sources = [d for d in dirs if d != target and not (target + "/").startswith(d + "/")]
+        if not sources:
+            return False
+        d = self.rng.choice(sources)
+        os.rename(self.p(d), self.p(target))
+        self.note(f"rename directory {d} over the empty directory {target}")
+        return True
+
+    def m_mknod(self) -> bool:
+        """A character device made, or made again with another number."""
+        devices = [p for p, st in self._entries() if stat.S_ISCHR(st.st_mode)]
+        if devices and self.rng.random() < 0.6:
+            f = self.rng.choice(devices)
+            os.unlink(self.p(f))
+        else:
+            f = f"{self.rng.choice(self.dirs())}/{self._name('c')}"
+        dev = os.makedev(1, self.rng.choice([3, 5, 7]))
+        os.mknod(self.p(f), stat.S_IFCHR | 0o644, dev)
+        self.note(f"mknod {f} c {os.major(dev)} {os.minor(dev)}")
+        return True
+
     MUTATIONS = {
         "create": 3, "mkdir": 1, "write": 3, "rewrite_same_size_restore_mtime": 3,
         "rewrite_identical_restore_mtime": 1, "swap_alike": 2, "truncate": 2, "append": 2,
@@ -677,6 +732,7 @@ class Tree:
         "rename_within": 2, "rename_across": 2, "rename_over": 1, "link": 1, "link_then_unlink": 2,
         "unlink": 2, "rmdir": 1, "file_to_dir": 1, "dir_to_file": 1, "symlink_retarget": 2,
         "delete_recreate": 2, "fifo": 1, "read": 2, "exchange": 1, "bulk": 3,
+        "mmap_write": 2, "rename_dir_over_empty_dir": 1, "mknod": 1,
     }
 
     def mutate(self, count: int, mutations: dict[str, int] | None = None) -> None:
