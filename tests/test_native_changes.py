@@ -254,6 +254,16 @@ class Tree:
         self.note(f"create {f} ({size} bytes)")
         return True
 
+    def m_create_odd_name(self) -> bool:
+        """A name with a space, a newline, non-ASCII or bytes that are not UTF-8."""
+        name = self.rng.choice(["sp ace", "new\nline", "ü-umlaut", os.fsdecode(b"\xff\xfe-not-utf8"), "-dash", "z" * 255])
+        f = f"{self.rng.choice(self.dirs())}/{name}"
+        if os.path.lexists(self.p(f)):
+            return False
+        _write(self.p(f), self._data(self._size()))
+        self.note(f"create {f!r}")
+        return True
+
     def m_mkdir(self) -> bool:
         d = f"{self.rng.choice(self.dirs())}/{self._name('m')}"
         os.mkdir(self.p(d))
@@ -732,7 +742,7 @@ class Tree:
         "rename_within": 2, "rename_across": 2, "rename_over": 1, "link": 1, "link_then_unlink": 2,
         "unlink": 2, "rmdir": 1, "file_to_dir": 1, "dir_to_file": 1, "symlink_retarget": 2,
         "delete_recreate": 2, "fifo": 1, "read": 2, "exchange": 1, "bulk": 3,
-        "mmap_write": 2, "rename_dir_over_empty_dir": 1, "mknod": 1,
+        "mmap_write": 2, "rename_dir_over_empty_dir": 1, "mknod": 1, "create_odd_name": 1,
     }
 
     def mutate(self, count: int, mutations: dict[str, int] | None = None) -> None:
