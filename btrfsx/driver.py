@@ -455,14 +455,17 @@ class Driver:
     def changes(self, id: str, parent: str | None = None) -> list[Change]:
         """What layer ``id`` changed relative to layer ``parent`` (everything,
         as additions, without one), sorted by path."""
+        return self._changes(id, parent)
+
+    def _changes(self, id: str, parent: str | None, stats: dict | None = None) -> list[Change]:
         layer = self._layer_path(id)
         if not parent:
-            return archive.changes(layer, None)
+            return archive.changes(layer, None, stats=stats)
         parent_path = self._layer_path(parent)
         mode = self.options.changes
         if mode != "naive":
             try:
-                found = native_changes(layer, parent_path)
+                found = native_changes(layer, parent_path, stats=stats)
             except NativeUnavailable as e:
                 if mode == "native":
                     raise NativeChangesUnavailable(
@@ -472,13 +475,14 @@ class Driver:
             else:
                 log.debug("layer %r: changes against %r read from btrfs metadata", id, parent)
                 return found
-        return archive.changes(layer, parent_path)
+        return archive.changes(layer, parent_path, stats=stats)
 
     def diff(self, id: str, parent: str | None = None) -> BinaryIO:
         """Those changes as an uncompressed OCI layer tar stream, produced as it
         is read; owners are translated to container ids.  Close it when done."""
-        found = self.changes(id, parent)
-        return archive.export_changes(self._store.layer_path(id), found, self.uid_maps, self.gid_maps)
+        stats: dict = {}
+        found = self._changes(id, parent, stats)
+        return archive.export_changes(self._store.layer_path(id), found, self.uid_maps, self.gid_maps, stats=stats)
 
     def diff_size(self, id: str, parent: str | None = None) -> int:
         """containers/storage's ChangesSize of those changes."""

@@ -81,14 +81,16 @@ def _entries(path: bytes) -> dict[bytes, os.stat_result]:
     return out
 
 
-def _added(root: bytes, rel: bytes, st: os.stat_result, out: list[Change]) -> None:
+def _added(root: bytes, rel: bytes, st: os.stat_result, out: list[Change], stats: dict | None = None) -> None:
     out.append(Change(os.fsdecode(rel), ChangeKind.ADD))
+    if stats is not None:
+        stats[rel] = st
     if stat.S_ISDIR(st.st_mode):
         for name, child in _entries(root + rel).items():
-            _added(root, rel + b"/" + name, child, out)
+            _added(root, rel + b"/" + name, child, out, stats)
 
 
-def _compare(new_root: bytes, old_root: bytes, rel: bytes, out: list[Change]) -> bool:
+def _compare(new_root: bytes, old_root: bytes, rel: bytes, out: list[Change], stats: dict | None) -> bool:
     """Changes below directory ``rel``; True when there were any."""
     start = len(out)
     new_entries = _entries(new_root + rel)
@@ -97,7 +99,7 @@ def _compare(new_root: bytes, old_root: bytes, rel: bytes, out: list[Change]) ->
         child = rel + b"/" + name
         old = old_entries.pop(name, None)
         if old is None:
-            _added(new_root, child, new, out)
+            _added(new_root, child, new, out, stats)
             continue
         modified = (stat.S_IFMT(old.st_mode) != stat.S_IFMT(new.st_mode)
                     or entry_differs(old_root + child, old, new_root + child, new))
@@ -105,29 +107,35 @@ def _compare(new_root: bytes, old_root: bytes, rel: bytes, out: list[Change]) ->
             out.append(Change(os.fsdecode(child), ChangeKind.MODIFY))
         if stat.S_ISDIR(new.st_mode):
             if stat.S_ISDIR(old.st_mode):
-                inner = _compare(new_root, old_root, child, out)
+                inner = _compare(new_root, old_root, child, out, stats)
                 if inner and not modified:
                     # a directory holding a change travels with the diff, so
                     # that its permissions are restored with it
                     out.append(Change(os.fsdecode(child), ChangeKind.MODIFY))
+                    modified = True
             else:
                 for grand, st in _entries(new_root + child).items():
-                    _added(new_root, child + b"/" + grand, st, out)
+                    _added(new_root, child + b"/" + grand, st, out, stats)
+        if modified and stats is not None:
+            stats[child] = new
     for name in old_entries:
         out.append(Change(os.fsdecode(rel + b"/" + name), ChangeKind.DELETE))
     return len(out) > start
 
 
-def changes(layer: str | bytes, parent: str | bytes | None = None) -> list[Change]:
+def changes(layer: str | bytes, parent: str | bytes | None = None, *,
+            stats: dict[bytes, os.stat_result] | None = None) -> list[Change]:
     """The changes of directory tree ``layer`` against ``parent`` (every
-    entry an addition when there is none), sorted by path."""
+    entry an addition when there is none), sorted by path.  ``stats``, a
+    dict, receives the lstat of every added or modified path (as bytes) as
+    the walk saw it, for an export to reuse."""
     new_root = os.fsencode(layer).rstrip(b"/")
     out: list[Change] = []
     if parent is None:
         for name, st in _entries(new_root).items():
-            _added(new_root, b"/" + name, st, out)
+            _added(new_root, b"/" + name, st, out, stats)
     else:
-        _compare(new_root, os.fsencode(parent).rstrip(b"/"), b"", out)
+        _compare(new_root, os.fsencode(parent).rstrip(b"/"), b"", out, stats)
     out.sort(key=lambda c: os.fsencode(c.path))
     return out
 

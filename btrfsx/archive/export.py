@@ -94,9 +94,10 @@ class _Exporter:
         return encode_header(os.path.join(parent, _WHITEOUT + base).lstrip(b"/"), tarfile.REGTYPE,
                              0, 0, 0, 0, 0)
 
-    def entry(self, path: bytes) -> Iterator[bytes]:
+    def entry(self, path: bytes, st: os.stat_result | None = None) -> Iterator[bytes]:
         full = self.root + path
-        st = os.lstat(full)
+        if st is None:
+            st = os.lstat(full)
         name = path.lstrip(b"/")
         mode = st.st_mode
         uid = self._uid(st.st_uid)
@@ -156,7 +157,7 @@ class _Exporter:
         # sockets do not travel in tar
 
 
-def _stream(root: bytes, found: Iterable[Change], uid_maps, gid_maps) -> Iterator[bytes]:
+def _stream(root: bytes, found: Iterable[Change], uid_maps, gid_maps, stats) -> Iterator[bytes]:
     exporter = _Exporter(root, uid_maps, gid_maps)
     for change in found:
         path = os.fsencode(change.path)
@@ -164,7 +165,7 @@ def _stream(root: bytes, found: Iterable[Change], uid_maps, gid_maps) -> Iterato
             yield exporter.whiteout(path)
         else:
             try:
-                yield from exporter.entry(path)
+                yield from exporter.entry(path, stats.get(path) if stats else None)
             except FileNotFoundError:
                 continue  # removed since the changes were listed
     yield bytes(2 * _BLOCK)
@@ -198,7 +199,10 @@ class TarStream(io.RawIOBase):
 
 
 def export_changes(layer: str | bytes, found: Iterable[Change], uid_maps: Sequence[IDMap] | None = None,
-                   gid_maps: Sequence[IDMap] | None = None) -> io.BufferedReader:
-    """The tar stream of ``found`` (from :func:`changes`) read from ``layer``."""
+                   gid_maps: Sequence[IDMap] | None = None, *,
+                   stats: dict[bytes, os.stat_result] | None = None) -> io.BufferedReader:
+    """The tar stream of ``found`` (from :func:`changes`) read from ``layer``;
+    ``stats`` are the lstat results :func:`changes` collected, reused instead
+    of asking again."""
     root = os.fsencode(layer).rstrip(b"/")
-    return io.BufferedReader(TarStream(_stream(root, found, uid_maps, gid_maps)), CHUNK)
+    return io.BufferedReader(TarStream(_stream(root, found, uid_maps, gid_maps, stats)), CHUNK)

@@ -151,11 +151,12 @@ def _same_bytes(a: bytes, b: bytes) -> bool:
 
 
 class _Comparer:
-    def __init__(self, new_root: bytes, old_root: bytes, new: _Tree, old: _Tree):
+    def __init__(self, new_root: bytes, old_root: bytes, new: _Tree, old: _Tree, stats: dict | None):
         self.new_root = new_root
         self.old_root = old_root
         self.new = new
         self.old = old
+        self.stats = stats
         self.out: list[Change] = []
 
     def modified(self, rel: bytes, new: os.stat_result, old: os.stat_result) -> bool:
@@ -191,7 +192,7 @@ class _Comparer:
                     out.append(Change(os.fsdecode(child), ChangeKind.DELETE))
                 continue
             if old is None:
-                _added(self.new_root, child, new, out)
+                _added(self.new_root, child, new, out, self.stats)
                 continue
             modified = self.modified(child, new, old)
             if modified:
@@ -202,10 +203,13 @@ class _Comparer:
                     if sub is not None and self.compare(child, sub) and not modified:
                         # a directory holding a change travels with the diff
                         out.append(Change(os.fsdecode(child), ChangeKind.MODIFY))
+                        modified = True
                 else:
                     for grand in os.listdir(self.new_root + child):
                         path = child + b"/" + grand
-                        _added(self.new_root, path, os.lstat(self.new_root + path), out)
+                        _added(self.new_root, path, os.lstat(self.new_root + path), out, self.stats)
+            if modified and self.stats is not None:
+                self.stats[child] = new
         return len(out) > start
 
 
@@ -222,7 +226,8 @@ def snapshot_transid(layer_fd: int, parent_fd: int) -> int:
     return layer.otransid
 
 
-def native_changes(layer: str | bytes, parent: str | bytes) -> list[Change]:
+def native_changes(layer: str | bytes, parent: str | bytes, *,
+                   stats: dict[bytes, os.stat_result] | None = None) -> list[Change]:
     """The changes of subvolume ``layer`` against subvolume ``parent``, which
     it must be a snapshot of; the same list :func:`changes` gives (sorted by
     path).  Raises NativeUnavailable, with the reason, when it cannot tell:
@@ -234,14 +239,14 @@ def native_changes(layer: str | bytes, parent: str | bytes) -> list[Change]:
     try:
         old_fd = os.open(old_root or b"/", _DIR_FLAGS)
         try:
-            return _native_changes(new_root, old_root, new_fd, old_fd)
+            return _native_changes(new_root, old_root, new_fd, old_fd, stats)
         finally:
             os.close(old_fd)
     finally:
         os.close(new_fd)
 
 
-def _native_changes(new_root: bytes, old_root: bytes, new_fd: int, old_fd: int) -> list[Change]:
+def _native_changes(new_root: bytes, old_root: bytes, new_fd: int, old_fd: int, stats: dict | None) -> list[Change]:
     for fd in (new_fd, old_fd):
         if os.fstat(fd).st_ino != _ROOT_INO:
             raise NativeUnavailable("not a subvolume root")
@@ -267,7 +272,7 @@ def _native_changes(new_root: bytes, old_root: bytes, new_fd: int, old_fd: int) 
                         node = node.children.setdefault(name, _Node())
                 if stat.S_ISDIR(mode):
                     node.full = True
-    comparer = _Comparer(new_root, old_root, new, old)
+    comparer = _Comparer(new_root, old_root, new, old, stats)
     comparer.compare(b"", root)
     out = comparer.out
     out.sort(key=lambda c: os.fsencode(c.path))
