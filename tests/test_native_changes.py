@@ -1216,6 +1216,122 @@ def test_diff_and_diff_size_agree_between_native_and_naive(home):
 
 
 
+def test_many_changes_across_many_leaves(driver):
+    """Thousands of files, a third of them changed in ways the walk sees or
+    not: the tree search spans many leaves and several buffers, and the
+    answer is the expected one, entry for entry."""
+    d = driver
+    d.create("A")
+    a = d.get("A")
+    os.chmod(a, 0o755)
+    build_layer(a, 6000)
+    d.create("B", "A")
+    b = d.get("B")
+    rng = random.Random(6000)
+    files = sorted(f"/t{k // 50 // 25:03d}/d{k // 50 % 25:02d}/f{k % 50:04d}" for k in range(6000))
+    for f in rng.sample(files, 2000):
+        how = rng.randrange(5)
+        if how == 0:
+            os.chmod(b + f, 0o600)
+        elif how == 1:
+            st = os.lstat(b + f)
+            _write(b + f, _read(b + f).upper())  # same size
+            os.utime(b + f, ns=(st.st_atime_ns, st.st_mtime_ns))
+        elif how == 2:
+            os.unlink(b + f)
+        elif how == 3:
+            os.setxattr(b + f, "user.k", b"v")
+        else:
+            _read(b + f)  # atime only
+    found = native_changes(b, a)
+    assert disagreements(b, a, found, naive_changes(b, a)) == []
+    assert len(found) > 1600
+
+
+def test_a_hidden_rewrite_past_the_first_mebibyte(driver):
+    """A 3 MiB file whose last byte alone changed, mtime given back: found
+    (the byte comparison reads past its first chunk)."""
+    d = driver
+    d.create("A")
+    a = d.get("A")
+    os.chmod(a, 0o755)
+    _write(a + "/large", b"\0" * (3 << 20))
+    d.create("B", "A")
+    b = d.get("B")
+    st = os.lstat(b + "/large")
+    fd = os.open(b + "/large", os.O_WRONLY)
+    try:
+        os.pwrite(fd, b"\1", (3 << 20) - 1)
+    finally:
+        os.close(fd)
+    os.utime(b + "/large", ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert naive_changes(b, a) == []
+    assert [str(x) for x in native_changes(b, a)] == ["C /large"]
+
+
+def test_every_name_of_a_file_with_many_hard_links(driver):
+    """A file with 120 long-named hard links in one directory (beyond one
+    INODE_REF item: the rest are INODE_EXTREFs) rewritten invisibly to the
+    walk: each of its names is reported; one name more, one less, in
+    another directory too, are seen by both."""
+    d = driver
+    d.create("A")
+    a = d.get("A")
+    os.chmod(a, 0o755)
+    os.mkdir(a + "/links")
+    os.mkdir(a + "/other")
+    _write(a + "/links/original", b"o" * 6000)
+    names = [f"{i:03d}-" + "n" * 200 for i in range(120)]
+    for name in names:
+        os.link(a + "/links/original", a + "/links/" + name)
+    os.link(a + "/links/original", a + "/other/elsewhere")
+    fd = os.open(a, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        _ioctl.sync(fd)
+        ino = os.lstat(a + "/links/original").st_ino
+        kinds = {item.type for item in _ioctl.TreeSearch(fd, 0, min_objectid=ino, max_objectid=ino,
+                                                         min_type=_ioctl.INODE_REF_KEY,
+                                                         max_type=_ioctl.INODE_EXTREF_KEY)}
+    finally:
+        os.close(fd)
+    assert kinds == {_ioctl.INODE_REF_KEY, _ioctl.INODE_EXTREF_KEY}  # the names are in both kinds of item
+    d.create("B", "A")
+    b = d.get("B")
+    _same_size_rewrite(b + "/links/original")
+    expected = {("/links", MODIFY), ("/other", MODIFY), ("/links/original", MODIFY), ("/other/elsewhere", MODIFY)}
+    expected |= {("/links/" + name, MODIFY) for name in names}
+    assert naive_changes(b, a) == []
+    found = native_changes(b, a)
+    assert _as_set(found) == expected
+    assert len(found) == len(expected)
+    os.link(b + "/links/original", b + "/links/" + "m" * 250)
+    os.unlink(b + "/links/" + names[77])
+    found = native_changes(b, a)
+    assert disagreements(b, a, found, naive_changes(b, a)) == []
+    assert {("/links/" + "m" * 250, ADD), ("/links/" + names[77], DELETE)} <= _as_set(found)
+
+
+def test_a_snapshot_of_a_snapshot(driver, caplog):
+    """C from B from A: C against B is native, against A the walk; B changed
+    after C was made is seen; all agree with the walk."""
+    caplog.set_level(logging.DEBUG, logger="btrfsx.driver")
+    a = _base(driver)
+    driver.create("B", "A")
+    b = driver.get("B")
+    _write(b + "/etc/conf", b"in B, longer than before\n")
+    driver.create("C", "B")
+    c = driver.get("C")
+    _write(c + "/tmp/in-c", b"c")
+    os.unlink(b + "/big")      # the parent, after the snapshot
+    caplog.clear()
+    assert [str(x) for x in driver.changes("C", "B")] == ["A /big", "C /tmp", "A /tmp/in-c"]
+    assert _log_says(caplog, NATIVE_LOG)
+    caplog.clear()
+    assert driver.changes("C", "A") == naive_changes(c, a)
+    assert [str(x) for x in driver.changes("C", "A")] == ["C /etc", "C /etc/conf", "C /tmp", "A /tmp/in-c"]
+    assert _log_says(caplog, WALK_LOG)
+
+
 # Data changes that write no file extent item of a new generation: a reflink
 # copies the source's items (their generation is the source's), and a hole
 # (NO_HOLES, mkfs's default) is the absence of an item.  With the size and
