@@ -17,10 +17,15 @@ written since the snapshot, in either tree, has the same entries on both
 sides, each naming an inode that did not change either, and needs no look.
 
 Where it is more precise than the walk (the walk compares size and mtime;
-the native path knows when file data was written): a regular file whose
-data was rewritten after the snapshot, or whose path now names another
-inode, and whose size and mtime were given back is compared byte for byte,
-and reported when the bytes differ.
+the native path knows which inodes were written): a regular file whose
+inode was written after the snapshot (data rewritten, reflinked over, a hole
+punched...), or whose path now names another inode, and whose size and
+mtime were given back is compared byte for byte, and reported when the
+bytes differ.  The walk misses all of these.
+
+An inode item is also rewritten when only its atime moves (relatime does
+that on the first read after a change), which changes nothing: such inodes
+are told apart by comparing their item with the other tree's.
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ class _Tree:
         self.entries: set[int] = set()        # directories with entries written since
         self.data: set[int] = set()           # inodes with file extents written since
         self.xattrs: set[int] = set()         # inodes with extended attributes written since
+        self.changed: dict[int, int] = {}     # what changed_since found
         self._dirs: dict[int, bytes] = {_ROOT_INO: b""}
         for item in _ioctl.TreeSearch(fd, 0, min_objectid=_ROOT_INO, max_objectid=_ioctl.LAST_FREE_OBJECTID,
                                       min_type=_ioctl.INODE_ITEM_KEY, max_type=_ioctl.EXTENT_DATA_KEY,
@@ -73,7 +79,7 @@ class _Tree:
             else:
                 self.entries.add(item.objectid)
 
-    def changed(self, other: "_Tree") -> dict[int, int]:
+    def changed_since(self, other: "_Tree") -> dict[int, int]:
         """The inodes of this tree that may differ from the snapshot, with
         their modes.  An inode item is rewritten for an atime update too
         (relatime: on the first read after a change), which is no change:
@@ -166,8 +172,12 @@ class _Comparer:
         if not stat.S_ISREG(new.st_mode):
             return False
         # Same size and mtime.  Snapshots keep inode numbers, so the same
-        # number on both sides with no data written since is the same data.
-        if new.st_ino == old.st_ino and new.st_ino not in self.new.data and old.st_ino not in self.old.data:
+        # number on both sides, its inode not rewritten since (but for its
+        # atime), is the same data.  Otherwise the data may have changed
+        # without a file extent of its own: a reflink (FICLONE,
+        # copy_file_range) keeps the generation of the extents it shares,
+        # and a punched hole or a truncate-and-extend writes none.
+        if new.st_ino == old.st_ino and new.st_ino not in self.new.changed and old.st_ino not in self.old.changed:
             return False
         return not _same_bytes(new_path, old_path)
 
@@ -263,8 +273,10 @@ def _native_changes(new_root: bytes, old_root: bytes, new_fd: int, old_fd: int, 
     except PermissionError as e:
         raise NativeUnavailable(f"searching btrfs trees needs CAP_SYS_ADMIN ({e.strerror})") from None
     root = _Node()
-    for tree, other in ((new, old), (old, new)):
-        for ino, mode in tree.changed(other).items():
+    new.changed = new.changed_since(old)
+    old.changed = old.changed_since(new)
+    for tree in (new, old):
+        for ino, mode in tree.changed.items():
             for path in tree.paths(ino):
                 node = root
                 if path:
