@@ -34,6 +34,7 @@ import mmap
 import os
 import random
 import stat
+import struct
 import subprocess
 import sys
 import tarfile
@@ -1330,6 +1331,65 @@ def test_a_snapshot_of_a_snapshot(driver, caplog):
     assert driver.changes("C", "A") == naive_changes(c, a)
     assert [str(x) for x in driver.changes("C", "A")] == ["C /etc", "C /etc/conf", "C /tmp", "A /tmp/in-c"]
     assert _log_says(caplog, WALK_LOG)
+
+
+FS_IOC_GETFLAGS, FS_IOC_SETFLAGS, FS_NOCOW_FL = 0x80086601, 0x40086602, 0x00800000
+
+
+def test_hidden_rewrites_of_nocow_preallocated_and_mapped_files(driver):
+    """Data written in place where btrfs can (a NOCOW file, written twice
+    so the second write finds the extent the layer's own), into a
+    preallocated extent, and through a shared mapping still mapped and
+    dirty when asked: each with size and mtime given back, each found."""
+    d = driver
+    d.create("A")
+    a = d.get("A")
+    os.chmod(a, 0o755)
+    fd = os.open(a + "/nocow", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        fcntl.ioctl(fd, FS_IOC_SETFLAGS, struct.pack("l", FS_NOCOW_FL))  # only while empty
+        os.write(fd, b"n" * 16 * KiB)
+    finally:
+        os.close(fd)
+    fd = os.open(a + "/prealloc", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.posix_fallocate(fd, 0, 16 * KiB)
+    finally:
+        os.close(fd)
+    _write(a + "/mapped", b"m" * 16 * KiB)
+    for name in ("nocow", "prealloc", "mapped"):
+        os.utime(a + "/" + name, ns=(T0, T0))
+    d.create("B", "A")
+    b = d.get("B")
+    fd = os.open(b + "/nocow", os.O_RDONLY)
+    try:
+        assert struct.unpack("l", fcntl.ioctl(fd, FS_IOC_GETFLAGS, struct.pack("l", 0)))[0] & FS_NOCOW_FL
+    finally:
+        os.close(fd)
+    for data in (b"1" * 4096, b"2" * 4096):  # the second write is in place
+        fd = os.open(b + "/nocow", os.O_WRONLY)
+        try:
+            os.pwrite(fd, data, 4096)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    fd = os.open(b + "/prealloc", os.O_WRONLY)
+    try:
+        os.pwrite(fd, b"p" * 4096, 8192)
+    finally:
+        os.close(fd)
+    fd = os.open(b + "/mapped", os.O_RDWR)
+    m = mmap.mmap(fd, 16 * KiB)
+    try:
+        m[5000:5004] = b"MMAP"
+        for name in ("nocow", "prealloc", "mapped"):
+            os.utime(b + "/" + name, ns=(T0, T0))
+        found = native_changes(b, a)   # the mapped page is still dirty here
+        assert naive_changes(b, a) == []
+    finally:
+        m.close()
+        os.close(fd)
+    assert [str(x) for x in found] == ["C /mapped", "C /nocow", "C /prealloc"]
 
 
 # Data changes that write no file extent item of a new generation: a reflink
