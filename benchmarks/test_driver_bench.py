@@ -25,6 +25,7 @@ remove, where it counts against the driver.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -54,7 +55,7 @@ BASE_FILES = 1_000
 WALK_ROUNDS = 7
 FIND_N = 2_000
 QUOTA_LAYERS = (50, 200, 500)
-QUOTA_ROUNDS = {"off": 20, "simple": 20, "qgroup": 5}
+QUOTA_ROUNDS = {"off": 30, "simple": 40, "qgroup": 5}
 THREADS = (1, 2, 4)
 THREAD_N = 50           # snapshots per thread per round
 THREAD_ROUNDS = 7
@@ -756,15 +757,19 @@ class QuotaStore:
         self.count -= 1
 
 
-@pytest.fixture(scope="class", params=list(QUOTA_OPTIONS))
-def qstore(request, btrfs_available, tools):
-    """A QuotaStore per quota mode, on a filesystem of its own (quotas are
-    filesystem-wide); one at a time."""
-    mode = request.param
-    with tools.fresh_fs(size=2 << 30) as fs:
-        driver = Driver(fs.mountpoint / "store", QUOTA_OPTIONS[mode])
-        fd = _open(fs.mountpoint)
-        try:
+@pytest.fixture(scope="class")
+def qstores(btrfs_available, tools):
+    """A QuotaStore per quota mode, each on a filesystem of its own (quotas
+    are filesystem-wide), all three at once so that the modes are measured
+    side by side."""
+    with contextlib.ExitStack() as stack:
+        stores = {}
+        for mode in QUOTA_OPTIONS:
+            fs = stack.enter_context(tools.fresh_fs(size=2 << 30))
+            driver = Driver(fs.mountpoint / "store", QUOTA_OPTIONS[mode])
+            stack.callback(driver.cleanup)
+            fd = _open(fs.mountpoint)
+            stack.callback(os.close, fd)
             if mode != "off":
                 # quotas on before anything exists (no rescan of old data)
                 driver.create("quota-on", None, SIZED)
@@ -772,62 +777,125 @@ def qstore(request, btrfs_available, tools):
             driver.create("base")
             tools.build_layer(driver.get("base"), BASE_FILES)
             tools.settle(fd)
-            yield QuotaStore(mode, fs, driver, fd, tools)
-        finally:
-            os.close(fd)
-            driver.cleanup()
+            stores[mode] = QuotaStore(mode, fs, driver, fd, tools)
+        yield stores
+
+
+QUOTA_OPS = ("sized create", "snapshot", "remove sized", "remove unsized")
+#: layers vary slowest (the stores only grow), then the operation, then the mode
+QUOTA_CASES = [(layers, op, mode) for layers in QUOTA_LAYERS for op in QUOTA_OPS for mode in QUOTA_OPTIONS]
+
+
+class _QuotaOp:
+    """One round's operation on one store: a sized or plain snapshot of
+    base, or the remove of a layer made beforehand."""
+
+    def __init__(self, store: QuotaStore, op: str, ids, n: int):
+        self.store, self.op, self.ids = store, op, ids
+        self.sized = op in ("sized create", "remove sized")
+        self.made: list[str] = []
+        if op.startswith("remove"):
+            self.pending = [ids() for _ in range(n)]
+            for layer in self.pending:
+                store.create(layer, sized=self.sized)
+            self.pending.reverse()
+
+    def args(self) -> tuple:
+        return (self.pending.pop(),) if self.op.startswith("remove") else (self.ids(),)
+
+    def __call__(self, layer: str) -> None:
+        if self.op.startswith("remove"):
+            self.store.remove(layer)
+        else:
+            self.store.create(layer, self.sized)
+            self.made.append(layer)
+
+    def undo(self) -> None:
+        """Back to the level (untimed; the next test settles)."""
+        while self.made:
+            self.store.remove(self.made.pop())
+        while getattr(self, "pending", None):
+            self.store.remove(self.pending.pop())
 
 
 class TestQuotas:
     """Sized create, snapshot and remove with simple quotas vs quotas off
     vs full qgroups, at 50, 200 and 500 snapshot layers sharing one base (a
     measurement adds up to ``rounds + 1`` layers to the level, and removes
-    them afterwards).  The ratio is to quotas off; there, "sized create" is
-    the plain snapshot and "remove sized" the plain remove, since a size
-    needs quotas.  Each measurement starts committed, with the cleaner done
-    (up to a minute: full qgroups make dropping a shared snapshot slow)."""
+    them afterwards).  With quotas off, "sized create" is the plain snapshot
+    and "remove sized" the plain remove, since a size needs quotas.
 
-    # layers vary slowest within a mode: the store only grows
-    @pytest.mark.parametrize("op", ["sized create", "snapshot", "remove sized", "remove unsized"])
-    @pytest.mark.parametrize("layers", QUOTA_LAYERS)
-    def test_quota(self, benchmark, qstore, tools, op, layers):
-        mode = qstore.mode
+    The modes run side by side, each on its own filesystem: the quotas-off
+    benchmark first, then each quota mode with the same operation on the
+    quotas-off store in every round (timed by hand; before the timed
+    operation in even rounds, after it in odd ones), so the ratio of
+    a mode to quotas off is of rounds alternating under the same
+    conditions.  Each measurement starts committed, with the cleaner done
+    (up to a minute: full qgroups make dropping a shared snapshot slow); its
+    rounds then run back to back."""
+
+    @pytest.mark.parametrize("layers,op,mode", QUOTA_CASES)
+    def test_quota(self, benchmark, qstores, tools, layers, op, mode):
+        qstore, off = qstores[mode], qstores["off"]
         rounds = QUOTA_ROUNDS[mode]
         qstore.fill_to(layers)
         tools.settle(qstore.fd, timeout=60)
         benchmark.group = f"quotas: {op} of a snapshot at {layers} layers"
-        ids = tools.Ids(f"{op.replace(' ', '-')}-{layers}")
-        note = ""
+        prefix = f"{op.replace(' ', '-')}-{layers}"
+        ours = _QuotaOp(qstore, op, tools.Ids(prefix), rounds + 1)
+        theirs = None
+        off_times: list[float] = []
+        if mode != "off":
+            off.fill_to(layers)
+            theirs = _QuotaOp(off, op, tools.Ids(prefix + "-alt"), rounds + 1)
+            tools.settle(off.fd, timeout=60)
+        tools.settle(qstore.fd, timeout=60)
+
+        def setup():
+            # no commit between rounds: these run back to back, as a builder's
+            # burst of creates or removes does (a remove timed right after a
+            # commit pays for starting the next transaction, tens of
+            # microseconds, more with quotas on: not what is compared here)
+            # the quotas-off operation before the timed one in even rounds,
+            # after it in odd ones (neither always pays for the other's wake)
+            if theirs is not None and turn[0] % 2 == 0:
+                off_times.append(tools.timed(theirs, *theirs.args()))
+            return ours.args(), {}
+
+        def teardown(*_):
+            if theirs is not None and turn[0] % 2 == 1:
+                off_times.append(tools.timed(theirs, *theirs.args()))
+            turn[0] += 1
+
+        turn = [0]
+        try:
+            benchmark.pedantic(ours, setup=setup, teardown=teardown, rounds=rounds, warmup_rounds=1)
+        finally:
+            ours.undo()
+            if theirs is not None:
+                theirs.undo()
+        sized = ours.sized and mode != "off"
         if op.startswith("remove"):
-            sized = op == "remove sized"
-            made = [ids() for _ in range(rounds + 1)]
-            for layer in made:
-                qstore.create(layer, sized=sized)
-            tools.settle(qstore.fd, timeout=60)
-            pending = iter(made)
-            benchmark.pedantic(qstore.remove, setup=lambda: ((next(pending),), {}), rounds=rounds, warmup_rounds=1)
-            if sized and mode == "off":
-                note = "quotas off cannot size a layer: this is the plain remove, the baseline"
-            label = f"Driver.remove ({'sized' if sized and mode != 'off' else 'unsized'} layer)"
+            label = f"Driver.remove ({'sized' if sized else 'unsized'} layer)"
         else:
-            sized = op == "sized create"
-            benchmark.pedantic(lambda: qstore.create(ids(), sized), rounds=rounds, warmup_rounds=1)
-            for i in range(ids.n):  # back to the level (untimed; the next test settles)
-                qstore.remove(f"{ids.prefix}-{i}")
-            if sized and mode == "off":
-                note = "quotas off cannot size a layer: this is the plain snapshot, the baseline"
-            label = ("Driver.create(id, base, size=1G)" if sized and mode != "off"
-                     else "Driver.create(id, base)")
-        key = (op, layers)
+            label = "Driver.create(id, base, size=1G)" if sized else "Driver.create(id, base)"
+        note = ""
+        if mode == "off" and ours.sized:
+            note = ("quotas off cannot size a layer: this is the plain "
+                    + ("remove" if op.startswith("remove") else "snapshot") + ", the baseline")
         med = tools.bench_median(benchmark)
         if mode == "off":
-            SHARED[("quota-off",) + key] = med
+            SHARED[("quota-off", op, layers)] = med
             tools.record(benchmark, f"quotas off: {label}", note=note, btrfsx=True)
-        else:
-            off = SHARED.get(("quota-off",) + key)
-            tid = f"quota_simple:{op}:{layers}"
-            tools.record(benchmark, f"{mode}: {label}", reference="quotas off" if off else "", reference_s=off,
-                         target=tid if mode == "simple" and tid in tools.bench_targets.TARGETS else None)
+            return
+        alt = tools.median(off_times[1:]) if len(off_times) > 1 else None
+        tools.also(benchmark, f"quotas off, alternating with {mode}: "
+                   + ("Driver.remove (unsized layer)" if op.startswith("remove") else "Driver.create(id, base)"),
+                   alt, samples=len(off_times) - 1)
+        tid = f"quota_simple:{op}:{layers}"
+        tools.record(benchmark, f"{mode}: {label}", reference=f"quotas off (alternating round by round)",
+                     reference_s=alt,
+                     target=tid if mode == "simple" and tid in tools.bench_targets.TARGETS else None)
 
 
 # ================================================================ threads

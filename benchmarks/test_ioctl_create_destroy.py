@@ -46,20 +46,22 @@ def _cycle(create, destroy):
 
 
 @pytest.mark.benchmark(group="create+destroy empty subvolume")
-def test_btrfsx_ioctl(benchmark, dirfd):
+def test_btrfsx_ioctl(benchmark, dirfd, tools):
     benchmark(_cycle(lambda n: _ioctl.create_subvolume(dirfd, n),
                      lambda n: _ioctl.destroy_subvolume(dirfd, n)))
+    tools.record(benchmark, "_ioctl.create_subvolume + destroy_subvolume", btrfsx=True)
 
 
 @pytest.mark.benchmark(group="create+destroy empty subvolume")
-def test_python_fcntl_ioctl(benchmark, dirfd):
+def test_python_fcntl_ioctl(benchmark, dirfd, tools):
     benchmark(_cycle(lambda n: fcntl.ioctl(dirfd, BTRFS_IOC_SUBVOL_CREATE, vol_args(n)),
                      lambda n: fcntl.ioctl(dirfd, BTRFS_IOC_SNAP_DESTROY, vol_args(n))))
+    tools.record(benchmark, "fcntl.ioctl SUBVOL_CREATE + SNAP_DESTROY (pure Python)")
 
 
 @pytest.mark.skipif(shutil.which("btrfs") is None, reason="btrfs-progs is not installed")
 @pytest.mark.benchmark(group="create+destroy empty subvolume")
-def test_btrfs_cli(benchmark, btrfs_fs):
+def test_btrfs_cli(benchmark, btrfs_fs, tools):
     btrfs_dir = btrfs_fs.mountpoint
     def create(n):
         subprocess.run(["btrfs", "-q", "subvolume", "create", os.fsdecode(btrfs_dir / os.fsdecode(n))], check=True)
@@ -67,3 +69,4 @@ def test_btrfs_cli(benchmark, btrfs_fs):
     def destroy(n):
         subprocess.run(["btrfs", "-q", "subvolume", "delete", os.fsdecode(btrfs_dir / os.fsdecode(n))], check=True)
     benchmark.pedantic(_cycle(create, destroy), rounds=30)
+    tools.record(benchmark, "btrfs subvolume create + delete (subprocess)")
