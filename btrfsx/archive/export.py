@@ -182,15 +182,25 @@ class TarStream(io.RawIOBase):
         return True
 
     def readinto(self, b) -> int:
-        while not self._buffer:
-            try:
-                self._buffer = memoryview(next(self._chunks))
-            except StopIteration:
-                return 0
-        n = min(len(b), len(self._buffer))
-        b[:n] = self._buffer[:n]
-        self._buffer = self._buffer[n:]
-        return n
+        # Fill as much of b as the chunks allow: most chunks are one small
+        # file's entry, and a call per chunk was a tenth of an export's time.
+        want = len(b)
+        done = 0
+        buffer = self._buffer
+        chunks = self._chunks
+        while done < want:
+            if not buffer:
+                try:
+                    buffer = memoryview(next(chunks))
+                except StopIteration:
+                    break
+                continue
+            n = min(want - done, len(buffer))
+            b[done:done + n] = buffer[:n]
+            buffer = buffer[n:]
+            done += n
+        self._buffer = buffer
+        return done
 
     def close(self) -> None:
         if not self.closed:
