@@ -610,9 +610,10 @@ class Tree:
         self.note(f"exchange {a} and {b}")
         return True
 
-    # -- changes of file data that write no file extent item of their own:
-    # native misses them (see the xfail tests below); kept out of MUTATIONS
-    # until that is fixed, so that the differential test stays a regression test
+    # -- changes of file data that write no file extent item of their own
+    # (a reflink keeps the generation of the extents it shares; a hole is
+    # no item at all): an early version decided "same data" from file
+    # extent items alone and missed these
 
     def _restore(self, f: str, st: os.stat_result) -> None:
         os.utime(self.p(f), ns=(st.st_atime_ns, st.st_mtime_ns))
@@ -657,8 +658,6 @@ class Tree:
         self._restore(f, st)
         self.note(f"truncate {f} to 0 and back to {st.st_size}, mtime restored")
         return True
-
-    EXTENTLESS = {"clone_over": 2, "punch_hole": 2, "truncate_and_extend": 2}
 
     def m_bulk(self) -> bool:
         """One change to one of the thousands of files in /bulk."""
@@ -744,6 +743,7 @@ class Tree:
         "unlink": 2, "rmdir": 1, "file_to_dir": 1, "dir_to_file": 1, "symlink_retarget": 2,
         "delete_recreate": 2, "fifo": 1, "read": 2, "exchange": 1, "bulk": 3,
         "mmap_write": 2, "rename_dir_over_empty_dir": 1, "mknod": 1, "create_odd_name": 1,
+        "clone_over": 2, "punch_hole": 2, "truncate_and_extend": 2,
     }
 
     def mutate(self, count: int, mutations: dict[str, int] | None = None) -> None:
@@ -928,16 +928,6 @@ def test_differential_native_against_naive_long(driver):
     _check(_differential(driver, seeds), started)
 
 
-@pytest.mark.xfail(strict=True, reason="native misses data changes that write no file extent item of their "
-                   "own generation: reflinks (FICLONE, copy_file_range), punched holes, truncate and extend")
-def test_differential_with_extentless_data_changes(driver):
-    """The same, with reflinks, punched holes and truncate-and-extend among
-    the mutations (each with the mtime given back)."""
-    started = time.monotonic()
-    seeds = [s + 2_000_000 for s in _seeds(100, "BTRFSX_NATIVE_CASES")]
-    _check(_differential(driver, seeds, {**Tree.MUTATIONS, **Tree.EXTENTLESS}), started)
-
-
 # ---------------------------------------------------------------- focused tests
 
 NATIVE_LOG = "' read from btrfs metadata"  # "changes against 'A' read from ..."
@@ -1003,6 +993,11 @@ def test_driver_uses_the_native_path_for_a_snapshot_and_walks_otherwise(driver, 
     assert found == naive_changes(c, b)
     assert [str(x) for x in found] == ["A /big", "C /bin", "C /bin/sh", "C /etc", "C /etc/conf",
                                        "C /tmp", "A /tmp/new"]
+
+    # the other way round (the parent is the snapshot) is walked too
+    caplog.clear()
+    assert driver.changes("A", "B") == naive_changes(driver.get("A"), b)
+    assert _log_says(caplog, WALK_LOG) and not _log_says(caplog, NATIVE_LOG)
 
 
 def test_changes_native_raises_naming_layer_parent_and_reason(home):
@@ -1395,14 +1390,10 @@ def test_hidden_rewrites_of_nocow_preallocated_and_mapped_files(driver):
 # Data changes that write no file extent item of a new generation: a reflink
 # copies the source's items (their generation is the source's), and a hole
 # (NO_HOLES, mkfs's default) is the absence of an item.  With the size and
-# mtime given back the walk cannot see them (it never claimed to); the native
-# path promises to (its docstring: "a regular file whose data was rewritten
-# after the snapshot ... is compared byte for byte") but decides "same data"
-# from the file extent items alone, so it misses them too, though the inode
-# item says the file changed (ctime, sequence).
-
-_EXTENTLESS_REASON = ("native misses a data change that writes no file extent item of a new generation "
-                      "(reflink, punched hole, truncate and extend) when size and mtime are given back")
+# mtime given back the walk cannot see them; the native path must, though it
+# cannot tell from file extent items (an early version decided "same data"
+# from those alone and missed every one of these): the inode item says the
+# file changed (ctime, sequence).
 
 
 def _extentless_case(driver, change) -> tuple[str, str]:
@@ -1429,7 +1420,6 @@ def _expect_hidden(b: str, a: str, path: str) -> None:
     assert [str(x) for x in native_changes(b, a)] == ["C /dir", f"C {path}"]
 
 
-@pytest.mark.xfail(strict=True, reason=_EXTENTLESS_REASON)
 def test_a_reflink_over_a_file_is_seen_by_native(driver):
     def change(b):
         _clone(b + "/dir/y", b + "/dir/x")               # cp --reflink=always y x
@@ -1437,7 +1427,6 @@ def test_a_reflink_over_a_file_is_seen_by_native(driver):
     _expect_hidden(*_extentless_case(driver, change), "/dir/x")
 
 
-@pytest.mark.xfail(strict=True, reason=_EXTENTLESS_REASON)
 def test_copy_file_range_over_a_file_is_seen_by_native(driver):
     def change(b):
         src, dst = os.open(b + "/dir/y", os.O_RDONLY), os.open(b + "/dir/x", os.O_WRONLY)
@@ -1450,7 +1439,6 @@ def test_copy_file_range_over_a_file_is_seen_by_native(driver):
     _expect_hidden(*_extentless_case(driver, change), "/dir/x")
 
 
-@pytest.mark.xfail(strict=True, reason=_EXTENTLESS_REASON)
 def test_a_punched_hole_is_seen_by_native(driver):
     def change(b):
         _fallocate(b + "/dir/x", FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE, 0, 4096)
@@ -1458,7 +1446,6 @@ def test_a_punched_hole_is_seen_by_native(driver):
     _expect_hidden(*_extentless_case(driver, change), "/dir/x")
 
 
-@pytest.mark.xfail(strict=True, reason=_EXTENTLESS_REASON)
 @pytest.mark.parametrize("name", ["x", "inline"])
 def test_truncate_and_extend_is_seen_by_native(driver, name):
     def change(b):
@@ -1469,7 +1456,6 @@ def test_truncate_and_extend_is_seen_by_native(driver, name):
     _expect_hidden(*_extentless_case(driver, change), f"/dir/{name}")
 
 
-@pytest.mark.xfail(strict=True, reason=_EXTENTLESS_REASON)
 def test_the_same_new_name_reflinked_on_both_sides_is_seen_by_native(driver):
     """After the snapshot each tree numbers its new inodes from the same
     point: /dir/n made in both (the layer's a reflink of x, the parent's of
@@ -1519,7 +1505,6 @@ def test_native_changes_needs_cap_sys_admin(btrfs_fs):
     proc = _as_nobody(f"""
 from btrfsx import NativeChangesUnavailable
 from btrfsx.archive.native import native_changes
-from btrfsx.testing import build_layer
 from btrfsx.archive.changes import changes
 try:
     native_changes({b!r}, {a!r})
