@@ -42,7 +42,7 @@ import time
 
 import pytest
 
-from btrfsx import Change, ChangeKind, Driver, NativeChangesUnavailable, _ioctl
+from btrfsx import ArchiveError, Change, ChangeKind, Driver, NativeChangesUnavailable, _ioctl
 from btrfsx.archive.changes import changes as naive_changes
 from btrfsx.archive.native import native_changes
 from btrfsx.testing import build_layer
@@ -1174,6 +1174,43 @@ def test_uncommitted_changes_just_after_the_snapshot(driver):
         with open(b + "/etc/conf", "ab") as f:
             f.write(b"x")
         assert [str(x) for x in native_changes(b, driver.get("A"))] == ["C /etc", "C /etc/conf"]
+
+
+def test_apply_diff_onto_a_snapshot_then_changes(driver, caplog):
+    """The containers/storage flow: B made from A, a layer tar applied to it,
+    then its changes: read natively, the walk's answer, and the applied
+    layer's own changes.  After a failed apply_diff the layer is put back
+    (from a snapshot of itself, no longer A's snapshot): the walk, the same
+    answer."""
+    caplog.set_level(logging.DEBUG, logger="btrfsx.driver")
+    a = _base(driver)
+    driver.create("C", "A")
+    c = driver.get("C")
+    _write(c + "/etc/conf", b"from C, a little longer\n")
+    os.unlink(c + "/bin/sh")
+    os.makedirs(c + "/opt/app")
+    _write(c + "/opt/app/run", b"r" * 9000)
+    os.chmod(c + "/tmp", 0o1777)
+    expected = driver.changes("C", "A")
+    driver.create("B", "A")
+    with driver.diff("C", "A") as tar:
+        driver.apply_diff("B", "A", tar)
+    caplog.clear()
+    found = driver.changes("B", "A")
+    assert _log_says(caplog, NATIVE_LOG)
+    assert found == naive_changes(driver.get("B"), a) == expected
+
+    with driver.diff("C", "A") as tar:
+        data = tar.read()
+    with tarfile.open(fileobj=io.BytesIO(data)) as t:
+        cut = t.getmember("opt/app/run").offset_data + 4000
+    with pytest.raises(ArchiveError):
+        driver.apply_diff("B", "A", io.BytesIO(data[:cut]))  # cut off inside /opt/app/run
+    caplog.clear()
+    found = driver.changes("B", "A")
+    assert found == naive_changes(driver.get("B"), a) == expected
+    # docs/changes.md: the layer swapped back from its backup is no snapshot of A
+    assert _log_says(caplog, WALK_LOG) and not _log_says(caplog, NATIVE_LOG)
 
 
 def _tar(stream) -> list[tuple]:
