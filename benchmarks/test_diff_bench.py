@@ -6,8 +6,9 @@ and on large files: 256 MiB by default, 1 GiB with
 ``BTRFSX_BENCH_LARGE_MIB=1024`` (what ``scripts/perf-report`` runs).
 Throughput in MiB/s goes into each benchmark's extra_info, and the peak
 memory of ``Driver.diff`` and ``Driver.apply_diff``, each measured in a
-process of its own (``benchmarks/peakmem.py``: peak resident set, the
-interpreter included).
+process of its own (``benchmarks/peakmem.py``: peak resident set, VmHWM,
+the interpreter included; not tracemalloc, which misses what C code
+allocates).
 
 Every round starts committed with the cleaner done; ``apply_diff`` and
 ``tar -x`` each write into a fresh target per round, the previous one
