@@ -401,7 +401,9 @@ class Tree:
         if not paths:
             return False
         f = self.rng.choice(paths)
-        t = T0 + self.rng.choice([0, 1, 10**9, -(10**9), 7 * 10**9 + 5])
+        # whole seconds too: the walk compares to the second when either
+        # side has no sub-second part (sameFsTimeSpec), as tar-made files
+        t = T0 + self.rng.choice([0, 1, 10**9, -(10**9), 7 * 10**9 + 5, -123_456_789, 376_543_211])
         os.utime(self.p(f), ns=(t, t), follow_symlinks=False)  # a symlink's own mtime too
         self.note(f"utime {f} to {t}")
         return True
