@@ -17,7 +17,6 @@ import io
 import logging
 import os
 import stat
-import tarfile
 import zlib
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -25,6 +24,7 @@ from typing import BinaryIO
 
 from btrfsx import _ioctl
 from btrfsx.archive.export import WHITEOUT_PREFIX
+from btrfsx.archive.tarread import Member, TarReader
 from btrfsx.errors import ArchiveError, UnsafeArchiveError
 from btrfsx.idmap import IDMap, to_host
 
@@ -98,25 +98,16 @@ def _clean(name: str, what: str) -> str:
     return "/".join(parts)
 
 
-class _StrictTarInfo(tarfile.TarInfo):
-    """tarfile in stream mode takes a broken header after the first for the
-    end of the archive and stops quietly; a layer cut short or followed by
-    garbage is an error here, as in Go's archive/tar.  A stream ending
-    cleanly on a block boundary, or at a zero block, still ends it."""
-
-    @classmethod
-    def fromtarfile(cls, tarfile_):
-        try:
-            return super().fromtarfile(tarfile_)
-        except (tarfile.TruncatedHeaderError, tarfile.InvalidHeaderError) as e:
-            raise ArchiveError(f"cannot read the layer tarball: corrupt header at byte {tarfile_.offset}: {e}") from None
-
-
-def _mtime_ns(info: tarfile.TarInfo) -> int:
+def _mtime_ns(info: Member) -> int:
     """The entry's mtime to the nanosecond where a PAX record carries it
     (tarfile's own float loses the last digits)."""
     text = info.pax_headers.get("mtime")
     if text:
+        # the usual "SECONDS.FRACTION" without Decimal, which costs more
+        # than the rest of this entry's parsing
+        seconds, dot, fraction = text.partition(".")
+        if seconds.isdigit() and seconds.isascii() and (not dot or (fraction.isdigit() and fraction.isascii())):
+            return int(seconds) * 1_000_000_000 + (int(fraction[:9].ljust(9, "0")) if fraction else 0)
         try:
             return int(decimal.Decimal(text).scaleb(9).to_integral_value(rounding=decimal.ROUND_FLOOR))
         except decimal.InvalidOperation:
@@ -131,7 +122,7 @@ class _Applier:
         self.gid_maps = gid_maps
         self.size = 0
         self.unpacked: set[str] = set()
-        self.dirs: list[tuple[str, tarfile.TarInfo]] = []
+        self.dirs: list[tuple[str, Member]] = []
         self._fds: OrderedDict[str, int] = OrderedDict()  # open parent directories, LRU
 
     # ------------------------------------------------------------ directories
@@ -199,7 +190,7 @@ class _Applier:
 
     # ------------------------------------------------------------ entries
 
-    def apply(self, info: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
+    def apply(self, info: Member, tar: TarReader) -> None:
         try:
             self._apply(info, tar)
         except (OverflowError, ValueError) as e:
@@ -209,7 +200,7 @@ class _Applier:
                 raise
             raise ArchiveError(f"entry {info.name!r} cannot be applied: {e}") from None
 
-    def _apply(self, info: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
+    def _apply(self, info: Member, tar: TarReader) -> None:
         rel = _clean(info.name, "entry")
         parent, _, base = rel.rpartition("/")
         if base.startswith(WHITEOUT_PREFIX):
@@ -258,17 +249,13 @@ class _Applier:
             raise ArchiveError(f"entry {info.name!r} has an unsupported tar type {info.type!r}")
         self.unpacked.add(rel)
 
-    def regular(self, pfd: int, base: str, rel: str, info: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
+    def regular(self, pfd: int, base: str, rel: str, info: Member, tar: TarReader) -> None:
         fd = os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=pfd)
         try:
-            src = tar.extractfile(info)
-            remaining = info.size
-            while remaining:
-                chunk = src.read(min(_CHUNK, remaining))
-                if not chunk:
-                    raise ArchiveError(f"tar stream ends inside {info.name!r}")
-                _write_all(fd, chunk)
-                remaining -= len(chunk)
+            for chunk in tar.chunks(info, _CHUNK):
+                written = os.write(fd, chunk)
+                if written < len(chunk):
+                    _write_all(fd, memoryview(chunk)[written:])
             self.size += info.size
             self.metadata_fd(fd, info)
         finally:
@@ -301,18 +288,18 @@ class _Applier:
 
     # ------------------------------------------------------------ metadata
 
-    def _ids(self, info: tarfile.TarInfo) -> tuple[int, int]:
+    def _ids(self, info: Member) -> tuple[int, int]:
         try:
             return to_host(info.uid, self.uid_maps), to_host(info.gid, self.gid_maps)
         except ValueError as e:
             raise ArchiveError(f"entry {info.name!r}: {e}") from None
 
-    def _xattrs(self, info: tarfile.TarInfo):
+    def _xattrs(self, info: Member):
         for key, value in info.pax_headers.items():
             if key.startswith("SCHILY.xattr."):
                 yield key[len("SCHILY.xattr."):], value.encode("utf-8", "surrogateescape")
 
-    def metadata_fd(self, fd: int, info: tarfile.TarInfo, prune: bool = False) -> None:
+    def metadata_fd(self, fd: int, info: Member, prune: bool = False) -> None:
         """Owner, then mode (chown clears setuid), xattrs and times, through an
         open fd.  ``prune`` (a directory that existed before) also removes the
         xattrs the entry no longer has, but an SELinux label, which belongs
@@ -330,7 +317,7 @@ class _Applier:
         ns = _mtime_ns(info)
         os.utime(fd, ns=(ns, ns))
 
-    def metadata(self, pfd: int, base: str, info: tarfile.TarInfo, symlink: bool = False) -> None:
+    def metadata(self, pfd: int, base: str, info: Member, symlink: bool = False) -> None:
         """The same for an entry that cannot be opened (symlink, device, FIFO)."""
         uid, gid = self._ids(info)
         os.chown(base, uid, gid, dir_fd=pfd, follow_symlinks=False)
@@ -360,11 +347,12 @@ class _Applier:
 def _stream_errors() -> tuple[type[BaseException], ...]:
     """What a corrupt or truncated stream raises, by layer of decoding."""
     import zstandard
-    return (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, zstandard.ZstdError,
+    return (EOFError, zlib.error, gzip.BadGzipFile, zstandard.ZstdError,
             UnicodeError)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data) -> None:
+    """Write all of ``data`` (what is left after a short write)."""
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
@@ -389,10 +377,9 @@ def apply_layer(root: str | bytes, stream: BinaryIO, uid_maps: Sequence[IDMap] |
     applier = _Applier(root_fd, uid_maps, gid_maps)
     try:
         try:
-            with tarfile.open(fileobj=decompressed(stream), mode="r|", encoding="utf-8",
-                              errors="surrogateescape", tarinfo=_StrictTarInfo) as tar:
-                for info in tar:
-                    applier.apply(info, tar)
+            tar = TarReader(decompressed(stream))
+            for info in tar:
+                applier.apply(info, tar)
         except _stream_errors() as e:
             raise ArchiveError(f"cannot read the layer tarball: {e}") from None
         applier.finish()
