@@ -414,13 +414,16 @@ class Tree:
         return True
 
     def m_xattr_set(self) -> bool:
-        paths = [""] + [p for p, st in self._entries() if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)]
-        if not paths:
-            return False
-        f = self.rng.choice(paths)
-        name = self.rng.choice(["user.a", "user.b", "user.dir"])
+        entries = [("", os.lstat(self.p("") or "/"))] + self._entries()
+        f, st = self.rng.choice(entries)
+        if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode):
+            name = self.rng.choice(["user.a", "user.b", "user.dir", "trusted.t"])
+        else:
+            # user.* is for files and directories only; root may give
+            # trusted.* to symlinks, fifos and devices too
+            name = self.rng.choice(["trusted.t", "trusted.u"])
         value = self.rng.choice([b"", b"1", b"2", self._data(100)])
-        os.setxattr(self.p(f), name, value)
+        os.setxattr(self.p(f), name, value, follow_symlinks=False)
         self.note(f"setxattr {name}={value[:8]!r} on {f}")
         return True
 
