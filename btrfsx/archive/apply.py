@@ -35,6 +35,7 @@ _AUFS_META = WHITEOUT_PREFIX + WHITEOUT_PREFIX
 _BENEATH = (_ioctl.RESOLVE_BENEATH | _ioctl.RESOLVE_NO_SYMLINKS | _ioctl.RESOLVE_NO_MAGICLINKS
             | _ioctl.RESOLVE_NO_XDEV)
 _PATH_DIR = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _CHUNK = 1 << 20
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -85,6 +86,10 @@ def _clean(name: str, what: str) -> str:
     climbs above the root."""
     if "\0" in name:
         raise UnsafeArchiveError(f"{what} {name!r} contains a NUL byte")
+    # already clean (no empty, "." or ".." part): as it is, without the split
+    if (name and name[0] != "/" and name[-1] not in "/." and "//" not in name and "/." not in name
+            and not name.startswith(("./", ".."))):
+        return name
     parts: list[str] = []
     for part in name.split("/"):
         if part in ("", "."):
@@ -212,45 +217,65 @@ class _Applier:
             self.dirs.append(("", info))
             return
         pfd = self.parent_fd(parent)
-        try:
-            existing = os.stat(base, dir_fd=pfd, follow_symlinks=False)
-        except FileNotFoundError:
-            existing = None
-        if existing is not None and not (info.isdir() and stat.S_ISDIR(existing.st_mode)):
-            self.remove(pfd, base, rel)
-            existing = None
+        # No stat first: each kind is made with a call that fails with EEXIST
+        # rather than follow or overwrite what is there, and only then is
+        # that removed (a directory kept for a directory) and the call
+        # made again, as GNU tar does.
         if info.isreg():
             self.regular(pfd, base, rel, info, tar)
         elif info.isdir():
-            if existing is None:
+            try:
                 os.mkdir(base, 0o700, dir_fd=pfd)
+            except FileExistsError:
+                if not stat.S_ISDIR(os.stat(base, dir_fd=pfd, follow_symlinks=False).st_mode):
+                    self.remove(pfd, base, rel)
+                    os.mkdir(base, 0o700, dir_fd=pfd)
             self.dirs.append((rel, info))
         elif info.issym():
             if "\0" in info.linkname:
                 raise UnsafeArchiveError(f"symlink {info.name!r} has a NUL byte in its target")
-            os.symlink(info.linkname, base, dir_fd=pfd)
+            self._replacing(pfd, base, rel, lambda: os.symlink(info.linkname, base, dir_fd=pfd))
             self.metadata(pfd, base, info, symlink=True)
         elif info.islnk():
             target = _clean(info.linkname, "hard link target")
             if not target:
                 raise UnsafeArchiveError(f"hard link {info.name!r} points at the layer root")
             tparent, _, tbase = target.rpartition("/")
-            os.link(tbase, base, src_dir_fd=self.parent_fd(tparent), dst_dir_fd=pfd, follow_symlinks=False)
+            # the target's directory looked up again after a removal, which
+            # may have closed (or removed) it
+            self._replacing(pfd, base, rel, lambda: os.link(tbase, base, src_dir_fd=self.parent_fd(tparent),
+                                                            dst_dir_fd=pfd, follow_symlinks=False))
         elif info.ischr() or info.isblk() or info.isfifo():
             kind = stat.S_IFCHR if info.ischr() else stat.S_IFBLK if info.isblk() else stat.S_IFIFO
             device = os.makedev(info.devmajor, info.devminor) if not info.isfifo() else 0
-            try:
-                os.mknod(base, kind | 0o600, device, dir_fd=pfd)
-            except PermissionError:
-                raise PermissionError(errno.EPERM, f"creating device node {info.name!r} needs root",
-                                      info.name) from None
+
+            def mknod():
+                try:
+                    os.mknod(base, kind | 0o600, device, dir_fd=pfd)
+                except PermissionError:
+                    raise PermissionError(errno.EPERM, f"creating device node {info.name!r} needs root",
+                                          info.name) from None
+            self._replacing(pfd, base, rel, mknod)
             self.metadata(pfd, base, info)
         else:
             raise ArchiveError(f"entry {info.name!r} has an unsupported tar type {info.type!r}")
         self.unpacked.add(rel)
 
+    def _replacing(self, pfd: int, base: str, rel: str, make) -> None:
+        """``make()`` entry ``base`` of ``pfd``; if something is in the way,
+        remove it and make again."""
+        try:
+            make()
+        except FileExistsError:
+            self.remove(pfd, base, rel)
+            make()
+
     def regular(self, pfd: int, base: str, rel: str, info: Member, tar: TarReader) -> None:
-        fd = os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=pfd)
+        try:
+            fd = os.open(base, _NEW_FILE, 0o600, dir_fd=pfd)
+        except FileExistsError:
+            self.remove(pfd, base, rel)
+            fd = os.open(base, _NEW_FILE, 0o600, dir_fd=pfd)
         try:
             for chunk in tar.chunks(info, _CHUNK):
                 written = os.write(fd, chunk)
@@ -307,7 +332,7 @@ class _Applier:
         uid, gid = self._ids(info)
         os.fchown(fd, uid, gid)
         os.fchmod(fd, info.mode & 0o7777)
-        wanted = dict(self._xattrs(info))
+        wanted = dict(self._xattrs(info)) if info.pax_headers else {}
         if prune:
             for key in os.listxattr(fd):
                 if key not in wanted and key != "security.selinux":
@@ -324,8 +349,9 @@ class _Applier:
         if not symlink:
             os.chmod(base, info.mode & 0o7777, dir_fd=pfd)  # not a symlink: nothing to follow
         proc = f"/proc/self/fd/{pfd}/{base}"
-        for key, value in self._xattrs(info):
-            _setxattr(lambda: os.setxattr(proc, key, value, follow_symlinks=False), key, info.name)
+        if info.pax_headers:
+            for key, value in self._xattrs(info):
+                _setxattr(lambda: os.setxattr(proc, key, value, follow_symlinks=False), key, info.name)
         ns = _mtime_ns(info)
         os.utime(base, ns=(ns, ns), dir_fd=pfd, follow_symlinks=False)
 
