@@ -875,6 +875,17 @@ def _run_case(d: Driver, seed: int, n: int, mutations: dict[str, int] | None = N
     native = native_changes(layer, parent)
     naive = naive_changes(layer, parent)
     problems = disagreements(layer, parent, native, naive)
+    if not problems and rng.random() < 0.2:
+        # a second round: changes already committed (by the first call's
+        # sync) and new ones not yet, on either side
+        new.note("-- compared; then:")
+        old.note("-- compared; then:")
+        new.mutate(rng.randint(1, 5), mutations)
+        if rng.random() < 0.3:
+            old.mutate(rng.randint(1, 3))
+        native = native_changes(layer, parent)
+        naive = naive_changes(layer, parent)
+        problems = disagreements(layer, parent, native, naive)
     extra = len(_as_set(native) - _as_set(naive))
     if problems:
         problems += [f"native: {[str(c) for c in native]}", f"naive:  {[str(c) for c in naive]}"]
