@@ -1038,6 +1038,21 @@ def test_changes_native_raises_naming_layer_parent_and_reason(home):
         assert ("/x", ADD) in _as_set(d.changes("C"))
 
 
+def test_native_changes_says_why_it_cannot(driver):
+    """native_changes itself: a directory that is not a subvolume root, a
+    layer that is no snapshot of the parent (either way round), each a
+    NativeChangesUnavailable with the reason, never a wrong answer."""
+    a = _base(driver)
+    driver.create("B", "A")
+    b = driver.get("B")
+    driver.create("C")
+    with pytest.raises(NativeChangesUnavailable, match="not a subvolume root"):
+        native_changes(b + "/etc", a + "/etc")
+    for layer, parent in ((a, b), (driver.get("C"), a), (b, b)):
+        with pytest.raises(NativeChangesUnavailable, match="not a snapshot of the parent"):
+            native_changes(layer, parent)
+
+
 def test_changes_naive_never_uses_the_native_path(home, caplog):
     caplog.set_level(logging.DEBUG, logger="btrfsx.driver")
     with Driver(home, ["btrfsx.changes=naive"]) as d:
