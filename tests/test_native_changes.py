@@ -863,29 +863,35 @@ def _run_case(d: Driver, seed: int, n: int, mutations: dict[str, int] | None = N
     new = Tree(layer, rng)
     new._serial = base._serial  # new names never collide with the base tree's
     new.bulk = base.bulk
-    new.mutate(rng.randint(1, 20), mutations)
     old = Tree(parent, rng)
     old.bulk = base.bulk
-    # half the time the parent's new names are the layer's new names: the
-    # same name made on both sides after the snapshot, often with the same
-    # inode number (each tree numbers its new inodes from the snapshot's)
-    old._serial = base._serial if rng.random() < 0.5 else new._serial + 1000
-    if rng.random() < 0.25:
-        old.mutate(rng.randint(1, 5))
-    native = native_changes(layer, parent)
-    naive = naive_changes(layer, parent)
-    problems = disagreements(layer, parent, native, naive)
-    if not problems and rng.random() < 0.2:
-        # a second round: changes already committed (by the first call's
-        # sync) and new ones not yet, on either side
-        new.note("-- compared; then:")
-        old.note("-- compared; then:")
-        new.mutate(rng.randint(1, 5), mutations)
-        if rng.random() < 0.3:
-            old.mutate(rng.randint(1, 3))
+    try:
+        new.mutate(rng.randint(1, 20), mutations)
+        # half the time the parent's new names are the layer's new names: the
+        # same name made on both sides after the snapshot, often with the same
+        # inode number (each tree numbers its new inodes from the snapshot's)
+        old._serial = base._serial if rng.random() < 0.5 else new._serial + 1000
+        if rng.random() < 0.25:
+            old.mutate(rng.randint(1, 5))
         native = native_changes(layer, parent)
         naive = naive_changes(layer, parent)
         problems = disagreements(layer, parent, native, naive)
+        if not problems and rng.random() < 0.2:
+            # a second round: changes already committed (by the first call's
+            # sync) and new ones not yet, on either side
+            new.note("-- compared; then:")
+            old.note("-- compared; then:")
+            new.mutate(rng.randint(1, 5), mutations)
+            if rng.random() < 0.3:
+                old.mutate(rng.randint(1, 3))
+            native = native_changes(layer, parent)
+            naive = naive_changes(layer, parent)
+            problems = disagreements(layer, parent, native, naive)
+    except Exception as e:
+        # an error mid-case (a mutation, or either path raising) is replayable too
+        raise AssertionError(f"seed {seed}: replay with BTRFSX_NATIVE_SEED={seed}: {type(e).__name__}: {e}\n"
+                             f"  mutations of the layer: {new.log}\n"
+                             f"  mutations of the parent after the snapshot: {old.log}") from e
     extra = len(_as_set(native) - _as_set(naive))
     if problems:
         problems += [f"native: {[str(c) for c in native]}", f"naive:  {[str(c) for c in naive]}"]
