@@ -1101,6 +1101,33 @@ def test_a_nested_subvolume_means_the_walk(home, caplog, where):
         strict.close()
 
 
+def test_the_placeholder_of_a_nested_subvolume_once_it_is_gone(driver, caplog):
+    """A snapshot holds an empty placeholder directory (inode 2, no inode
+    item in its tree) where its source had a nested subvolume; once that
+    subvolume is deleted from the parent the native path is usable again,
+    and agrees with the walk about the placeholder, there and removed."""
+    caplog.set_level(logging.DEBUG, logger="btrfsx.driver")
+    a = _base(driver)
+    fd = os.open(a + "/tmp", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        _ioctl.create_subvolume(fd, "nested")
+        _write(a + "/tmp/nested/f", b"f")
+        driver.create("B", "A")
+        b = driver.get("B")
+        assert os.lstat(b + "/tmp/nested").st_ino == 2 and os.listdir(b + "/tmp/nested") == []
+        with pytest.raises(NativeChangesUnavailable, match="nested subvolume"):
+            native_changes(b, a)
+        _ioctl.destroy_subvolume(fd, "nested")
+    finally:
+        os.close(fd)
+    caplog.clear()
+    assert [str(x) for x in driver.changes("B", "A")] == ["C /tmp", "A /tmp/nested"] == \
+        [str(x) for x in naive_changes(b, a)]
+    assert _log_says(caplog, NATIVE_LOG)
+    os.rmdir(b + "/tmp/nested")
+    assert native_changes(b, a) == naive_changes(b, a) == []
+
+
 def test_changes_of_the_parent_after_the_snapshot_are_reported(driver):
     """The native path reads both trees: a file modified, deleted or added in
     the parent after the snapshot is a change of the layer against it."""
