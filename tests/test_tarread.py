@@ -243,6 +243,22 @@ def test_gnu_tar_archives(tmp_path, fmt, sparse):
         assert f1[6] == 1_700_000_000_123_456_789
 
 
+@pytest.mark.skipif(shutil.which("tar") is None, reason="no GNU tar")
+@pytest.mark.parametrize("version", ["0.0", "0.1", "1.0"])
+def test_gnu_tar_pax_sparse_versions(tmp_path, version):
+    """GNU tar's three PAX encodings of a sparse file's map, which tarfile
+    reads (so apply_layer took them) and so does the reader."""
+    _gnu_tree(str(tmp_path / "src"))
+    proc = subprocess.run(["tar", "--format=posix", "--sparse", f"--sparse-version={version}", "-cf", "-",
+                           "-C", str(tmp_path / "src"), "d/sparse", "d/f4096"], capture_output=True, check=True)
+    members = same(proc.stdout)
+    assert [m[0] for m in members] == ["d/sparse", "d/f4096"]
+    expected = bytearray(3 << 20)
+    expected[1 << 20:(1 << 20) + 13] = b"in the middle"
+    expected[-5:] = b"tail!"
+    assert members[0][7] == 3 << 20 and members[0][13] == expected
+
+
 # ================================================================ corners written by hand
 
 def _header(name=b"f", mode=b"0000644\0", uid=b"0001750\0", gid=b"0001750\0", size=b"00000000000\0",

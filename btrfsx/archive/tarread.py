@@ -83,6 +83,15 @@ def _nts(field: bytes) -> str:
     return field.decode("utf-8", "surrogateescape")
 
 
+def _describe(pending: Member | None) -> str | None:
+    """The extension header ``pending`` as error messages name it."""
+    if pending is None:
+        return None
+    kind = {GNUTYPE_LONGNAME: "GNU long name", GNUTYPE_LONGLINK: "GNU long link",
+            XGLTYPE: "PAX global header"}.get(pending.type, "PAX header")
+    return f"the {kind} at byte {pending.offset}"
+
+
 def _block(count: int) -> int:
     """``count`` rounded up to whole blocks (tarfile's _block, negative counts too)."""
     blocks, remainder = divmod(count, BLOCK)
@@ -204,18 +213,17 @@ class TarReader:
 
     # ------------------------------------------------------------ headers
 
-    def _header(self, after: str | None) -> Member | None:
+    def _header(self, pending: Member | None) -> Member | None:
         """The next header block, parsed as tarfile's frombuf; None at the
-        end of the archive (only where no extension header is pending:
-        ``after`` names the one that is)."""
-        offset = self.tell()
+        end of the archive (only where no extension header is ``pending``)."""
+        offset = self._base + self._pos
         if len(self._buf) - self._pos < BLOCK and not self._fill(BLOCK):
             rest = len(self._buf) - self._pos
-            if rest == 0 and after is None:
+            if rest == 0 and pending is None:
                 if offset == 0:
                     raise ArchiveError("cannot read the layer tarball: empty file")
                 return None
-            expected = f"the header after {after}" if after else "a header"
+            expected = f"the header after {_describe(pending)}" if pending else "a header"
             raise ArchiveError(f"cannot read the layer tarball: the stream ends inside {expected} "
                                f"at byte {offset} ({rest} of {BLOCK} bytes)")
         buf, pos = self._buf, self._pos
@@ -224,9 +232,9 @@ class TarReader:
          prefix) = _HEADER.unpack_from(buf, pos)
         block = buf[pos:pos + BLOCK]
         if block == _ZERO_BLOCK:
-            if after is not None:
+            if pending is not None:
                 raise ArchiveError(f"cannot read the layer tarball: a zero block at byte {offset} "
-                                   f"where the header after {after} was expected")
+                                   f"where the header after {_describe(pending)} was expected")
             return None
         m = Member()
         try:
@@ -250,7 +258,7 @@ class TarReader:
             if chk != 256 + sum(block) - sum(chksum) and chk != 256 + sum(_SIGNED.unpack(block)):
                 raise _Corrupt(f"bad checksum {chk}")
         except _Corrupt as e:
-            where = f"the header after {after}" if after else "a header"
+            where = f"the header after {_describe(pending)}" if pending else "a header"
             raise ArchiveError(f"cannot read the layer tarball: corrupt header at byte {offset} "
                                f"({where}): {e}") from None
         p = name.find(b"\0")
@@ -324,9 +332,9 @@ class TarReader:
         PAX) are read up to the member they describe, then applied innermost
         first, so that where two give the same field the outer one wins."""
         chain: list[tuple] = []
-        after = None
+        h = None
         while True:
-            h = self._header(after)
+            h = self._header(h)
             if h is None:
                 return None
             t = h.type
@@ -336,10 +344,8 @@ class TarReader:
                 pax = self.pax_headers if t == XGLTYPE else self.pax_headers.copy()
                 pax.update(records)
                 chain.append((t, pax, data))
-                after = f"the PAX header at byte {h.offset}"
             elif t == GNUTYPE_LONGNAME or t == GNUTYPE_LONGLINK:
                 chain.append((t, _nts(self._extension_data(h)), None))
-                after = f"the GNU long {'name' if t == GNUTYPE_LONGNAME else 'link'} at byte {h.offset}"
             else:
                 break
         m = h
@@ -463,7 +469,7 @@ class TarReader:
 
     def __iter__(self) -> Iterator[Member]:
         while not self._done:
-            if self._next_offset != self.tell() and self._next_offset:
+            if self._next_offset != self._base + self._pos and self._next_offset:
                 self._seek(self._next_offset, "the data of the previous member")
             m = self._member()
             if m is None:
@@ -483,7 +489,7 @@ class TarReader:
             if remaining < 0:
                 raise ArchiveError(f"member {m.name!r} has a negative size {remaining}")
             return
-        if self.tell() != m.offset_data:
+        if self._base + self._pos != m.offset_data:
             self._seek(m.offset_data, f"the data of {m.name!r}")
         while remaining:
             have = len(self._buf) - self._pos
