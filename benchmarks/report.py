@@ -65,7 +65,7 @@ EXPLANATIONS: dict[str, str] = {
         "An empty create is made in a staging directory and published: besides SUBVOL_CREATE "
         "(about 25-35 us) it costs a failing openat of the quotas directory (~2 us, repeated on "
         "every call while the directory does not exist), fchmodat to 0555 (~4 us), renameat2 "
-        "(RENAME_NOREPLACE) from staging to subvolumes/ (~25 us: a rename of a subvolume root "
+        "(RENAME_NOREPLACE) from staging to subvolumes/ (17-28 us depending on the run: a rename of a subvolume root "
         "between directories updates two directories and the root ref in the same transaction) "
         "and two geteuid. The renameat2 alone is about as costly as the ioctl, which puts an empty "
         "create at 2x the bare ioctl or slightly over; see the syscall section for the figures of "
@@ -172,10 +172,12 @@ def fmt_time(seconds: float | None) -> str:
     return f"{seconds * 1e6:.1f} us"
 
 
-def fmt_ratio(r: float | None) -> str:
+def fmt_ratio(r: float | None, digits: int = 2) -> str:
     if r is None:
         return "-"
-    return f"{r:.2f}x" if r < 100 else f"{r:,.0f}x"
+    if r < 0.1:
+        return f"{r:.2g}x"
+    return f"{r:.{digits}f}x" if r < 100 else f"{r:,.0f}x"
 
 
 def run(*argv: str) -> str:
@@ -231,11 +233,47 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
     return out
 
 
+QUOTA_GROUP = re.compile(r"^quotas: (.*) of a snapshot at (\d+) layers$")
+QUOTA_OPS = ["sized create", "snapshot", "remove sized", "remove unsized"]
+
+
 def group_key(name: str) -> tuple:
+    m = QUOTA_GROUP.match(name)
     for i, prefix in enumerate(GROUP_ORDER):
         if name.startswith(prefix):
-            return (i, name)
-    return (len(GROUP_ORDER), name)
+            if m:  # by store size, then the operation
+                op = QUOTA_OPS.index(m.group(1)) if m.group(1) in QUOTA_OPS else len(QUOTA_OPS)
+                return (i, (int(m.group(2)), op, name))
+            return (i, natural(name))
+    return (len(GROUP_ORDER), natural(name))
+
+
+def quota_summary(groups) -> list[str]:
+    """The three quota modes side by side: one row per operation and store size."""
+    rows = []
+    for g in sorted((g for g in groups if QUOTA_GROUP.match(g)), key=group_key):
+        op, layers = QUOTA_GROUP.match(g).groups()
+        cells = {}
+        for r in groups[g]:
+            for mode in ("quotas off:", "simple:", "qgroup:"):
+                if r.contender.startswith(mode):
+                    cells[mode] = r
+        if not cells:
+            continue
+        off = cells.get("quotas off:")
+
+        def cell(mode):
+            r = cells.get(mode)
+            if r is None:
+                return "-"
+            if mode == "quotas off:":
+                return fmt_time(r.median)
+            return f"{fmt_time(r.median)} ({fmt_ratio(r.ratio)})" if r.ratio else fmt_time(r.median)
+        rows.append([op, layers, cell("quotas off:"), cell("simple:"), cell("qgroup:")])
+    if not rows:
+        return []
+    return table(["operation", "layers in the store", "quotas off", "simple quotas (x off, alternating)",
+                  "full qgroups (x off, alternating)"], rows)
 
 
 def natural(name: str) -> tuple:
@@ -315,7 +353,7 @@ def targets_section(measured: list[dict]) -> tuple[list[str], list[tuple]]:
         oks = [t.met(m["value"]) for m in ms]
         met = all(o is True for o in oks)
         vals = "; ".join(("-" if m["value"] is None else
-                          (f"{m['value']:.1f} MiB" if t.unit == "MiB" else fmt_ratio(m["value"])))
+                          (f"{m['value']:.1f} MiB" if t.unit == "MiB" else fmt_ratio(m["value"], 3)))
                          + (f" ({m['detail']})" if m.get("detail") else "") for m in ms)
         rows.append([t.what, t.describe(), vals, "MET" if met else "**NOT MET**", ms[0]["group"]])
         summary.append((tid, t, met, vals, ms))
@@ -426,10 +464,23 @@ def write(args) -> str:
     w("## Results by operation")
     w("")
     w("`x btrfsx`: the contender's median over the btrfsx row of the group (marked **bold**). "
-      "`vs reference`: the ratio recorded against the reference the benchmark names (for the CLI rows, "
-      "how many times slower than the driver).")
+      "`vs reference`: the ratio recorded against the reference the benchmark names, measured beside "
+      "it (for the CLI rows, how many times slower than the driver). Where each contender alternates "
+      "round by round with a C floor run of its own (snapshots), contenders ran one after the other "
+      "on a store that changes between them: compare each to its own reference, not across rows.")
     w("")
-    for g in sorted(groups, key=lambda n: (group_key(n)[0], natural(n))):
+    qs = quota_summary(groups)
+    if qs:
+        w("### Quota modes side by side")
+        w("")
+        w("Medians of each operation with quotas off, simple quotas and full qgroups, each mode on a "
+          "filesystem of its own holding the same number of snapshot layers of one 1,000-file base; "
+          "the ratios are to the quotas-off operation run alternately with that mode (the groups below "
+          "have every row).")
+        w("")
+        lines += qs
+        w("")
+    for g in sorted(groups, key=group_key):
         rows = groups[g]
         base = next((r for r in rows if r.btrfsx), None) or next(
             (r for r in rows if r.contender.startswith("Driver")), None)
