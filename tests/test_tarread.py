@@ -475,3 +475,25 @@ def test_random_damage(specs, cut, flip):
             assert tarfile_fails(data)
         return
     assert by_tarfile(data) == ours
+
+
+# ================================================================ through apply_layer
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd"])
+def test_a_compressed_stream_cut_after_its_tar_is_an_error(tmp_path, compression):
+    """The reader stops at the tar's end; apply_layer reads the stream to
+    its end all the same, so that a compressed stream cut in its last bytes
+    is refused as tarfile's 10 KiB reads refused it (mostly)."""
+    import gzip
+
+    import zstandard
+
+    from btrfsx.archive.apply import apply_layer
+    tar = _write([(_info("a"), b"abc")], tarfile.PAX_FORMAT)
+    packed = gzip.compress(tar, mtime=0) if compression == "gzip" else zstandard.ZstdCompressor().compress(tar)
+    (tmp_path / "whole").mkdir()
+    assert apply_layer(str(tmp_path / "whole"), io.BytesIO(packed)) == 3
+    for cut in (3, 6, 12):
+        (tmp_path / str(cut)).mkdir()
+        with pytest.raises(ArchiveError):
+            apply_layer(str(tmp_path / str(cut)), io.BytesIO(packed[:-cut]))

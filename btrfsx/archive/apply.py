@@ -403,9 +403,15 @@ def apply_layer(root: str | bytes, stream: BinaryIO, uid_maps: Sequence[IDMap] |
     applier = _Applier(root_fd, uid_maps, gid_maps)
     try:
         try:
-            tar = TarReader(decompressed(stream))
+            tar_stream = decompressed(stream)
+            tar = TarReader(tar_stream)
             for info in tar:
                 applier.apply(info, tar)
+            # The rest of the stream too (the tar's padding, a compressed
+            # stream's end), so that a gzip or zstd stream cut or damaged
+            # there is an error, wherever its tar ends.
+            while tar_stream.read(_CHUNK):
+                pass
         except _stream_errors() as e:
             raise ArchiveError(f"cannot read the layer tarball: {e}") from None
         applier.finish()
