@@ -309,6 +309,9 @@ def tree_search(fd: int, tree_id: int, **key: Unpack[_SearchKey]) -> TreeSearch:
 
 # ---------------------------------------------------------------- item decoders
 
+def subvolume_children(fd: int, subvolid: int) -> list[tuple[int, RootRef]]:
+    """The subvolumes directly below subvolume ``subvolid`` (ROOT_REF items)."""
+
 def search_item(fd: int, tree_id: int, objectid: int, type: int, offset: int) -> bytes | None:
     """The bytes of the item with exactly this key, or None."""
 

@@ -18,7 +18,7 @@ from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes
 from libc.errno cimport errno, EINTR, EOVERFLOW, ENOENT, EEXIST
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.stdlib cimport malloc, free
-from libc.string cimport memset, memcpy
+from libc.string cimport memchr, memcpy, memset
 
 cdef extern from "<string.h>" nogil:
     size_t strnlen(const char *s, size_t maxlen)
@@ -235,15 +235,25 @@ cdef inline int _ioctl(int fd, unsigned long request, void *arg) noexcept nogil:
             return -errno
 
 
+cdef extern from "Python.h":
+    bytes PyUnicode_EncodeFSDefault(object)
+
+
 cdef bytes _entry_name(object name):
     """A name that is exactly one directory entry, as bytes, or ValueError."""
     cdef bytes b
+    cdef const char *p
+    cdef Py_ssize_t n
     if type(name) is bytes:
         b = <bytes>name
+    elif type(name) is str:
+        b = PyUnicode_EncodeFSDefault(name)  # os.fsencode without the Python call
     else:
         b = os.fsencode(name)
-    if (PyBytes_GET_SIZE(b) == 0 or b == b"." or b == b".." or b"/" in b or b"\0" in b
-            or PyBytes_GET_SIZE(b) > BTRFS_VOL_NAME_MAX):
+    p = PyBytes_AS_STRING(b)
+    n = PyBytes_GET_SIZE(b)
+    if (n == 0 or n > BTRFS_VOL_NAME_MAX or memchr(p, 47, n) != NULL or memchr(p, 0, n) != NULL
+            or (p[0] == 46 and (n == 1 or (n == 2 and p[1] == 46)))):
         raise ValueError(
             f"{name!r} is not a valid subvolume name: expected one directory entry "
             f"of 1 to {BTRFS_VOL_NAME_MAX} bytes, not '.' or '..', without '/' or NUL")
@@ -679,6 +689,67 @@ cdef object _search_one(int fd, uint64_t tree_id, uint64_t objectid, uint32_t ty
                            buf_size=4096):
         return (<SearchItem>item).data
     return None
+
+
+cdef enum:
+    ROOT_REF_BUF = 16384
+
+
+def subvolume_children(int fd, uint64_t subvolid):
+    """The subvolumes directly below subvolume ``subvolid``, from its ROOT_REF
+    items in the root tree (TREE_SEARCH_V2, root only): a list of
+    ``(child id, RootRef)`` in id order.  The search a ``TreeSearch`` of that
+    key range makes, without an object per item on the way."""
+    cdef char *raw = <char *>malloc(sizeof(btrfs_ioctl_search_args_v2) + ROOT_REF_BUF)
+    cdef btrfs_ioctl_search_args_v2 *args = <btrfs_ioctl_search_args_v2 *>raw
+    cdef btrfs_ioctl_search_header *sh
+    cdef const btrfs_root_ref *ref
+    cdef uint64_t min_offset = 0, last
+    cdef uint32_t i, n
+    cdef size_t pos
+    cdef int ret
+    cdef list out = []
+    if raw == NULL:
+        raise MemoryError()
+    try:
+        while True:
+            memset(args, 0, sizeof(btrfs_ioctl_search_args_v2))
+            args.key.tree_id = BTRFS_ROOT_TREE_OBJECTID
+            args.key.min_objectid = subvolid
+            args.key.max_objectid = subvolid
+            args.key.min_type = BTRFS_ROOT_REF_KEY
+            args.key.max_type = BTRFS_ROOT_REF_KEY
+            args.key.min_offset = min_offset
+            args.key.max_offset = U64_MAX
+            args.key.max_transid = U64_MAX
+            args.key.nr_items = 0xFFFFFFFF
+            args.buf_size = ROOT_REF_BUF
+            with nogil:
+                ret = _ioctl(fd, BTRFS_IOC_TREE_SEARCH_V2, args)
+            if ret < 0:
+                _raise_fd(-ret, fd)
+            n = args.key.nr_items
+            if n == 0:
+                return out
+            pos = 0
+            for i in range(n):
+                sh = <btrfs_ioctl_search_header *>(args.buf + pos)
+                pos += sizeof(btrfs_ioctl_search_header)
+                if sh.len < sizeof(btrfs_root_ref):
+                    raise ValueError(f"ROOT_REF item of subvolume {sh.objectid} too short: {sh.len} bytes")
+                ref = <const btrfs_root_ref *>(args.buf + pos)
+                if sizeof(btrfs_root_ref) + le16toh(ref.name_len) > sh.len:
+                    raise ValueError(f"ROOT_REF item of subvolume {sh.objectid} overruns its {sh.len} bytes")
+                out.append((sh.offset, RootRef(le64toh(ref.dirid), le64toh(ref.sequence),
+                                               PyBytes_FromStringAndSize(<const char *>(ref + 1),
+                                                                         le16toh(ref.name_len)))))
+                pos += sh.len
+                last = sh.offset
+            if last == U64_MAX:
+                return out
+            min_offset = last + 1
+    finally:
+        free(raw)
 
 
 def search_item(int fd, uint64_t tree_id, uint64_t objectid, uint32_t type, uint64_t offset):

@@ -28,12 +28,9 @@ def nested_subvolumes(fd: int, subvolid: int) -> list[Nested]:
     frontier = [subvolid]
     while frontier:
         parent = frontier.pop()
-        for item in _ioctl.TreeSearch(fd, _ioctl.ROOT_TREE_OBJECTID, min_objectid=parent,
-                                      max_objectid=parent, min_type=_ioctl.ROOT_REF_KEY,
-                                      max_type=_ioctl.ROOT_REF_KEY, buf_size=4096):
-            ref = _ioctl.decode_root_ref(item.data)
-            found.append(Nested(item.offset, parent, ref.dirid, ref.name))
-            frontier.append(item.offset)
+        for child, ref in _ioctl.subvolume_children(fd, parent):
+            found.append(Nested(child, parent, ref.dirid, ref.name))
+            frontier.append(child)
     return found
 
 

@@ -377,6 +377,32 @@ def test_tree_search_finds_root_refs(btrfs_fs, fsfd):
     assert io.decode_root_ref(backrefs[0].data).name == b"b"
 
 
+def test_subvolume_children_lists_root_refs_across_calls(btrfs_fs, fsfd):
+    """More children than one 16 KiB search holds (long names): the same as
+    the ROOT_REF items a TreeSearch finds, in id order."""
+    io.create_subvolume(fsfd, "parent")
+    pfd = opendir(btrfs_fs.mountpoint / "parent")
+    try:
+        names = [f"{i:03d}-" + "n" * 200 for i in range(150)]
+        for name in names:
+            io.create_subvolume(pfd, name)
+        parent_id = io.subvolume_id(pfd)
+        children = io.subvolume_children(fsfd, parent_id)
+        items = list(io.TreeSearch(fsfd, io.ROOT_TREE_OBJECTID, min_objectid=parent_id, max_objectid=parent_id,
+                                   min_type=io.ROOT_REF_KEY, max_type=io.ROOT_REF_KEY))
+        assert [(child, ref) for child, ref in children] == [(it.offset, io.decode_root_ref(it.data)) for it in items]
+        assert [ref.name.decode() for _, ref in children] == names
+        cfd = opendir(btrfs_fs.mountpoint / "parent" / names[0])
+        try:
+            assert io.subvolume_children(fsfd, io.subvolume_id(cfd)) == []
+        finally:
+            os.close(cfd)
+    finally:
+        for name in names:
+            io.destroy_subvolume(pfd, name)
+        os.close(pfd)
+
+
 def test_tree_search_streams_a_large_tree_in_small_buffers(btrfs_fs, fsfd):
     io.create_subvolume(fsfd, "big")
     big = btrfs_fs.mountpoint / "big"
