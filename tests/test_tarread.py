@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 
 from btrfsx.archive.apply import _mtime_ns
-from btrfsx.archive.tarread import TarReader
+from btrfsx.archive.tarread import MAX_EXTENSION, MAX_EXTENSIONS, TarReader
 from btrfsx.errors import ArchiveError
 
 set_hypothesis_home_dir(os.path.join(tempfile.gettempdir(), "btrfsx-hypothesis"))
@@ -497,3 +497,21 @@ def test_a_compressed_stream_cut_after_its_tar_is_an_error(tmp_path, compression
         (tmp_path / str(cut)).mkdir()
         with pytest.raises(ArchiveError):
             apply_layer(str(tmp_path / str(cut)), io.BytesIO(packed[:-cut]))
+
+
+def test_extension_headers_are_bounded():
+    """A hostile layer cannot make the reader hold unbounded metadata: an
+    extension header over 1 MiB, or an endless run of them, is refused."""
+    big = tarfile.TarInfo("f")
+    big.pax_headers = {"comment": "x" * (MAX_EXTENSION + 10)}
+    data = big.tobuf(tarfile.PAX_FORMAT) + bytes(1024)
+    with pytest.raises(ArchiveError, match="more than"):
+        list(TarReader(io.BytesIO(data)))
+    one = tarfile.TarInfo("g")
+    one.pax_headers = {"comment": "y"}
+    pax_only = one.tobuf(tarfile.PAX_FORMAT)[:-512]  # the extension header without its member
+    data = pax_only * (MAX_EXTENSIONS + 1) + one.tobuf(tarfile.USTAR_FORMAT) + bytes(1024)
+    with pytest.raises(ArchiveError, match="in a row"):
+        list(TarReader(io.BytesIO(data)))
+    ok = pax_only * MAX_EXTENSIONS + one.tobuf(tarfile.USTAR_FORMAT) + bytes(1024)
+    assert [m.name for m in TarReader(io.BytesIO(ok))] == ["g"]

@@ -28,6 +28,11 @@ BLOCK = 512
 _ZERO_BLOCK = bytes(BLOCK)
 _READ_SIZE = 1 << 18
 _CHUNK = 1 << 20
+# Go's archive/tar (containers/storage's reader) refuses extension headers
+# over 1 MiB; without a bound a hostile layer could make the reader hold
+# any amount in memory before its first member.
+MAX_EXTENSION = 1 << 20
+MAX_EXTENSIONS = 64      # extension headers before one member
 
 REGTYPE, AREGTYPE, LNKTYPE, SYMTYPE = b"0", b"\0", b"1", b"2"
 CHRTYPE, BLKTYPE, DIRTYPE, FIFOTYPE, CONTTYPE = b"3", b"4", b"5", b"6", b"7"
@@ -320,6 +325,9 @@ class TarReader:
         if h.size < 0:
             raise ArchiveError(f"cannot read the layer tarball: extension header at byte {h.offset} "
                                f"has a negative size {h.size}")
+        if h.size > MAX_EXTENSION:
+            raise ArchiveError(f"cannot read the layer tarball: extension header at byte {h.offset} "
+                               f"holds {h.size} bytes, more than the {MAX_EXTENSION} allowed")
         data = self._read(_block(h.size))
         if len(data) < h.size:
             raise ArchiveError(f"cannot read the layer tarball: the stream ends inside the extension "
@@ -337,6 +345,10 @@ class TarReader:
             if h is None:
                 return None
             t = h.type
+            if len(chain) >= MAX_EXTENSIONS and (t in _PAX_TYPES or t == GNUTYPE_LONGNAME
+                                                 or t == GNUTYPE_LONGLINK):
+                raise ArchiveError(f"cannot read the layer tarball: more than {MAX_EXTENSIONS} extension "
+                                   f"headers in a row before byte {h.offset}")
             if t in _PAX_TYPES:
                 data = self._extension_data(h)
                 records = self._pax_records(data, h.size, h)
