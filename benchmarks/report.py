@@ -49,18 +49,22 @@ EXPLANATIONS: dict[str, str] = {
         "remains, a microsecond or two on 25 us, is the calling process: the C floor is a small fresh "
         "process whose loop leaves the kernel's code and data hot in the caches, the Python loop runs "
         "the interpreter between two calls; pure-Python fcntl.ioctl lands at the same figure. "
-        "TODO lead: confirm (e.g. perf stat cache misses of both loops)."),
+        "Not confirmed with hardware counters (the lead left it at that: the gap is the same for "
+        "fcntl.ioctl, so no change to the compiled layer can close it)."),
     "ioctl_destroy": (
         "As for create: the same single SNAP_DESTROY ioctl as the C floor (strace), timed the same "
         "way, 3-4 us over the C floor's ~16 us, and pure-Python fcntl.ioctl pays the same; SNAP_DESTROY "
         "is the cheapest ioctl here, so the fixed cost of being called from a Python process (caches "
-        "and TLB after the interpreter runs) is largest relative to it. TODO lead: confirm."),
+        "and TLB after the interpreter runs) is largest relative to it. Not confirmed with hardware "
+        "counters; the compiled call itself adds only the name check and a memset of the 4 KiB "
+        "argument (both well under a microsecond)."),
     "ioctl_search": (
-        "nested_subvolumes makes one TREE_SEARCH_V2 per subvolume (6 for 5 nested ones) through the "
-        "_ioctl.TreeSearch iterator, decoding each ROOT_REF item into Python objects (a NamedTuple, "
-        "bytes); C does the same 6 searches with nothing built. Roughly 1 us of Python per search on "
-        "top of the kernel's. A search that returns raw (id, dirid, name) tuples, or one ioctl "
-        "searching the whole ROOT_REF range at once, would close most of it. TODO lead."),
+        "nested_subvolumes makes the same TREE_SEARCH_V2 calls as the C floor (two per subvolume: "
+        "the second finds nothing, which is how both know a range is done), now through "
+        "_ioctl.subvolume_children, which loops in C and builds only one (id, RootRef) tuple per "
+        "child; before it, the TreeSearch iterator built a SearchItem and a decoded item per ROOT_REF "
+        "(1.64-1.69x). What is left is a Python call and a list per subvolume, and the walk of the "
+        "frontier in Python."),
     "driver_create": (
         "An empty create is made in a staging directory and published: besides SUBVOL_CREATE "
         "(about 25-35 us) it costs a failing openat of the quotas directory (~2 us, repeated on "
@@ -70,17 +74,15 @@ EXPLANATIONS: dict[str, str] = {
         "and two geteuid. The renameat2 alone is about as costly as the ioctl, which puts an empty "
         "create at 2x the bare ioctl or slightly over; see the syscall section for the figures of "
         "this run. Creating in place (SUBVOL_CREATE straight into subvolumes/ then fchmodat) would "
-        "drop the rename but lose the never-visible-half-made guarantee. TODO lead: decide."),
-    "driver_remove": "TODO lead",
-    "driver_snapshot": "TODO lead",
+        "drop the rename but lose the never-visible-half-made guarantee: a crash or a reader between "
+        "the create and the chmod would see a layer with the umask's mode. The lead kept the "
+        "rename: the target is not met by the cost of that guarantee."),
     "driver_snapshot_chain": (
         "Each link of the chain is a snapshot of the previous layer through Driver.create(id, parent): "
         "the driver opens the parent (openat + fstat), snapshots, closes; the C floor keeps the "
         "previous snapshot's fd open from its creation. The extra open/fstat/close of a fresh "
         "subvolume root and the Python call are tens of microseconds against ~2 ms: within noise of "
-        "the target. TODO lead: confirm with more rounds."),
-    "cli_create": "TODO lead",
-    "cli_remove": "TODO lead",
+        "the target (0.99x to 1.15x across full runs on this machine)."),
     "remove_big_plain": (
         "Kernel cost, not the driver's: when the layer's dentries are cached (a layer just built or "
         "read), SNAP_DESTROY makes the kernel evict every cached dentry and inode of the subvolume "
@@ -91,36 +93,28 @@ EXPLANATIONS: dict[str, str] = {
         "entries are cached is removed as fast as an empty one (the cold measurement). Only a remove "
         "that does not drop the dentries synchronously (not something userspace controls) would "
         "meet this target on warm layers."),
-    "remove_big_nested": "TODO lead",
-    "nested_vs_walk": "TODO lead",
     "threads_speedup": (
         "The C floor's own speed-up varies widely from run to run on this shared 2-core VM (from "
         "about 1.2x to 2.9x for 4 threads); the comparison is of two noisy ratios. Driver threads do "
         "run in parallel (each create in its own staging directory, the GIL released in the ioctl). "
-        "TODO lead: confirm on a quiet machine."),
+        "Not confirmed on a quiet machine (none here): across full runs the ratio went from 0.82x "
+        "to 1.22x."),
     "diff:small": (
-        "Per-entry Python work on top of the same syscalls tar makes. cProfile of one export of the "
-        "20,000-file layer (0.62 s profiled): listxattr per entry 0.10 s (20,416 calls; tar -c without "
-        "--xattrs makes none), DirEntry.stat 0.08 s, open/read/close 0.12 s, and the rest in Python per "
-        "entry (export.entry 0.09 s own time, the changes walk `_added`, readinto/_stream, fsencode): "
-        "about 30 us a file against tar's 7. Batching the header encoding, skipping listxattr where the "
-        "filesystem reports no xattrs, or moving the per-entry loop into the compiled layer would be "
-        "the levers. TODO lead."),
+        "Per-entry work on top of the syscalls tar makes. The header encoder is compiled "
+        "(btrfsx/archive/_tar.pyx), small files go out as one piece each, and the walk's lstat "
+        "results are reused; what is left per file is a listxattr that tar -c without --xattrs "
+        "does not make (~3 us: btrfsx diffs carry every extended attribute), the scandir stat, "
+        "open/read/close, and a few microseconds of Python (the walk and the stream). A diff of a "
+        "snapshot's changes (native changes) does not walk at all; this target measures the "
+        "export of a whole 20,000-file layer."),
     "apply:small": (
-        "cProfile of one apply of the 20,000-file tar (4.8 s profiled, ~2 s unprofiled): the stdlib "
-        "tarfile parser is about a third of it (frombuf, nts, nti, _proc_pax: every entry carries a PAX "
-        "header, so 40,833 headers are parsed for 20,416 entries), then per-file syscalls open 0.48 s, "
-        "write 0.23 s, stat 0.16 s, fchown 0.15 s and a regex search per entry. A header parser of "
-        "its own for the ustar/PAX subset btrfsx writes (as export has an encoder of its own) would "
-        "remove most of the parsing. TODO lead."),
-    "diff:large": "TODO lead",
-    "apply:large": "TODO lead",
-    "mem:diff:large": "TODO lead",
-    "mem:apply:large": "TODO lead",
-    "changes_native_100k": "TODO lead",
+        "The stdlib tarfile parser was a third of an apply; btrfsx/archive/tarread.py replaced it "
+        "(a strict streaming reader, differential-tested against tarfile). What is left is the "
+        "per-file syscalls (open, write, fchown, utimensat, fsetxattr) and Python per entry."),
 }
 for _tid in bench_targets.TARGETS:
-    EXPLANATIONS.setdefault(_tid, "TODO lead")
+    EXPLANATIONS.setdefault(_tid, "Met in every full run so far; a miss is new: compare this run's figures and "
+                                  "noise with the previous report before reading anything into it.")
 for _op in bench_targets.QUOTA_TARGET_OPS:
     for _n in bench_targets.QUOTA_TARGET_LAYERS:
         if _op == "remove sized":
@@ -131,8 +125,9 @@ for _op in bench_targets.QUOTA_TARGET_OPS:
                 "(~15-20 us); the quotas-off baseline cannot have a sized layer, so it is the plain "
                 "remove, one ioctl (~22 us). The unsized remove with simple quotas on (lock and a "
                 "failing unlink only) stays within the target: see the 'remove unsized' groups. "
-                "Unlinking the quota file after the remove returns (or in gc) would meet it. "
-                "TODO lead: decide.")
+                "Unlinking the quota file after the remove returns (or in gc) would meet it; the lead "
+                "kept the unlink inside remove: a caller, or containers/storage sharing the store, "
+                "may rely on quotas/ID being gone with the layer.")
 
 
 for _n in bench_targets.QUOTA_TARGET_LAYERS:
