@@ -137,13 +137,14 @@ for _n in bench_targets.QUOTA_TARGET_LAYERS:
         "(openat of a temporary file, write, close, renameat in home/quotas), tens of microseconds "
         "together; the kernel sets the qgroup limit in the snapshot's own transaction. Ratios of "
         "these millisecond snapshots move by +-20% between runs on this shared VM even with the "
-        "modes alternating round by round (compare the groups at 50, 200 and 500 layers). "
-        "TODO lead: confirm on a quiet machine.")
+        "modes alternating round by round (compare the groups at 50, 200 and 500 layers); there is "
+        "no quiet machine here to tell the two apart.")
     EXPLANATIONS[f"quota_simple:snapshot:{_n}"] = (
         "With a quotas directory in the store, a plain snapshot also takes the id's lock, checks the "
         "id is free (fstatat) and unlinks any stale quota file (a failing unlinkat): a few "
         "microseconds on a snapshot of milliseconds. The rest is the kernel's simple-quota "
-        "accounting and the noise of this VM (+-20% between runs). TODO lead: confirm.")
+        "accounting and the noise of this VM (+-20% between runs); no quiet machine here to tell "
+        "the two apart.")
 
 
 # Groups in this order first (by prefix), any other group after them, alphabetically.
