@@ -279,6 +279,7 @@ class _SearchKey(TypedDict, total=False):
     min_transid: int
     max_transid: int
     min_item_transid: int
+    item_types: Iterable[int] | None
     buf_size: int
 
 @final
@@ -299,6 +300,7 @@ class TreeSearch(Iterator[SearchItem]):
         min_transid: int = 0,
         max_transid: int = 0xFFFFFFFFFFFFFFFF,
         min_item_transid: int = 0,
+        item_types: Iterable[int] | None = None,
         buf_size: int = 65536,
     ) -> TreeSearch: ...
     def __iter__(self) -> TreeSearch: ...

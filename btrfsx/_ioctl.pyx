@@ -528,7 +528,10 @@ cdef class TreeSearch:
     making a Python object of every item skipped: only INODE_ITEMs (by their
     transid), DIR_ITEMs, DIR_INDEXes and XATTR_ITEMs (by any entry's
     transid) and EXTENT_DATA items (by their generation) written in that
-    transaction or later are returned, and no item of another type.  Memory stays at one buffer of
+    transaction or later are returned, and no item of another type.
+    ``item_types``, an iterable of key types, keeps only items of those
+    types (also in C; the kernel still copies every item of the key range).
+    Memory stays at one buffer of
     ``buf_size`` bytes whatever the size of the tree.  ``tree_id`` 0 is the
     subvolume ``fd`` is in.
     """
@@ -538,6 +541,8 @@ cdef class TreeSearch:
     cdef uint64_t max_objectid, max_offset
     cdef uint32_t max_type
     cdef uint64_t min_item_transid
+    cdef bint filter_types
+    cdef uint64_t type_mask[4]   # bit t set: keep items of key type t
     cdef uint32_t remaining      # items left in the buffer
     cdef size_t pos              # offset of the next header in the buffer
     cdef bint done
@@ -547,7 +552,7 @@ cdef class TreeSearch:
                   uint32_t max_type=255, uint64_t min_offset=0,
                   uint64_t max_offset=0xFFFFFFFFFFFFFFFF, uint64_t min_transid=0,
                   uint64_t max_transid=0xFFFFFFFFFFFFFFFF, uint64_t min_item_transid=0,
-                  size_t buf_size=DEFAULT_SEARCH_BUF):
+                  item_types=None, size_t buf_size=DEFAULT_SEARCH_BUF):
         if buf_size < 4096:
             raise ValueError(f"buf_size must be at least 4096 bytes, not {buf_size}")
         self.fd = fd
@@ -569,6 +574,13 @@ cdef class TreeSearch:
         self.max_type = max_type
         self.max_offset = max_offset
         self.min_item_transid = min_item_transid
+        memset(self.type_mask, 0, sizeof(self.type_mask))
+        self.filter_types = item_types is not None
+        if item_types is not None:
+            for t in item_types:
+                if not 0 <= t <= 255:
+                    raise ValueError(f"item_types holds {t!r}: key types are 0 to 255")
+                self.type_mask[t >> 6] |= (<uint64_t>1) << (t & 63)
         self.remaining = 0
         self.pos = 0
         self.done = False
@@ -647,6 +659,8 @@ cdef class TreeSearch:
             self.remaining -= 1
             if self.remaining == 0 and not self._advance(sh.objectid, sh.type, sh.offset):
                 self.done = True
+            if self.filter_types and not (self.type_mask[(sh.type >> 6) & 3] >> (sh.type & 63)) & 1:
+                continue
             if self.min_item_transid and not _written_since(sh.type, data, sh.len, self.min_item_transid):
                 continue
             item = SearchItem.__new__(SearchItem)

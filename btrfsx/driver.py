@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from btrfsx import __version__, _ioctl, archive, quota, subvolume
 from btrfsx.archive import Change
-from btrfsx.archive.native import NativeUnavailable, native_changes
+from btrfsx.archive.native import NativeUnavailable, inodes_with_xattrs, native_changes
 from btrfsx.errors import ArchiveError, NativeChangesUnavailable, OptionError, PrerequisitesError
 from btrfsx.idmap import IDMap, root_pair
 from btrfsx.mounts import is_mountpoint
@@ -482,7 +482,12 @@ class Driver:
         is read; owners are translated to container ids.  Close it when done."""
         stats: dict = {}
         found = self._changes(id, parent, stats)
-        return archive.export_changes(self._store.layer_path(id), found, self.uid_maps, self.gid_maps, stats=stats)
+        layer = self._store.layer_path(id)
+        # A whole layer: one search of its tree for the inodes with extended
+        # attributes costs less than a listxattr per entry.
+        xattr_inodes = inodes_with_xattrs(layer) if not parent else None
+        return archive.export_changes(layer, found, self.uid_maps, self.gid_maps, stats=stats,
+                                      xattr_inodes=xattr_inodes)
 
     def diff_size(self, id: str, parent: str | None = None) -> int:
         """containers/storage's ChangesSize of those changes."""

@@ -460,6 +460,41 @@ def test_a_diff_is_the_same_bytes_every_time(layers):
     assert whiteout.mtime == 0
 
 
+def test_a_whole_layer_diff_carries_every_xattr_also_in_nested_subvolumes(driver, btrfs_fs):
+    """A diff without a parent finds the entries with extended attributes by
+    one search of the layer's tree; a nested subvolume's entries (another
+    tree) are asked one by one."""
+    driver.create("X")
+    root = driver.get("X")
+    for name in ("plain", "tagged"):
+        with open(os.path.join(root, name), "w") as f:
+            f.write(name)
+    os.setxattr(os.path.join(root, "tagged"), "user.k", b"v")
+    os.mkdir(os.path.join(root, "dir"))
+    os.setxattr(os.path.join(root, "dir"), "user.d", b"\xff\x00binary")
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        _ioctl.create_subvolume(fd, "nested")
+    finally:
+        os.close(fd)
+    with open(os.path.join(root, "nested", "inner"), "w") as f:
+        f.write("in")
+    os.setxattr(os.path.join(root, "nested", "inner"), "user.n", b"1")
+    with driver.diff("X") as stream:
+        members = {m.name.rstrip("/"): m for m in members_of(stream.read())}
+    xattrs = {name: {k: v for k, v in m.pax_headers.items() if k.startswith("SCHILY.xattr.")}
+              for name, m in members.items()}
+    assert xattrs["tagged"] == {"SCHILY.xattr.user.k": "v"}
+    assert xattrs["dir"]["SCHILY.xattr.user.d"].encode("utf-8", "surrogateescape") == b"\xff\x00binary"
+    assert xattrs["nested/inner"] == {"SCHILY.xattr.user.n": "1"}
+    assert xattrs["plain"] == {}
+    with driver.diff("X") as stream:
+        data = stream.read()
+    driver.create("Y")
+    driver.apply_diff("Y", None, io.BytesIO(data))
+    assert os.getxattr(os.path.join(driver.get("Y"), "nested", "inner"), "user.n") == b"1"
+
+
 def test_round_trip_without_a_parent_reproduces_the_whole_layer(layers):
     d = layers
     for source in ("A", "B"):

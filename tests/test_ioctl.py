@@ -487,6 +487,24 @@ def test_tree_search_item_transid_filter_returns_only_items_written_since(btrfs_
             assert any(d.transid > gen for d in io.decode_dir_items(it.data))
 
 
+def test_tree_search_item_types_keeps_only_those_types(btrfs_fs, fsfd):
+    io.create_subvolume(fsfd, "x")
+    t = btrfs_fs.mountpoint / "x"
+    populate(t, 50)
+    os.setxattr(t / "f00007", "user.a", b"1")
+    os.setxattr(t / "f00009", "user.b", b"2")
+    fd = opendir(t)
+    try:
+        everything = list(io.TreeSearch(fd, 0))
+        xattrs = list(io.TreeSearch(fd, 0, item_types=[io.XATTR_ITEM_KEY]))
+        with pytest.raises(ValueError):
+            io.TreeSearch(fd, 0, item_types=[256])
+    finally:
+        os.close(fd)
+    assert [it.key for it in xattrs] == [it.key for it in everything if it.type == io.XATTR_ITEM_KEY]
+    assert {it.objectid for it in xattrs} == {(t / "f00007").stat().st_ino, (t / "f00009").stat().st_ino}
+
+
 def test_decode_inode_refs_names_every_hard_link(btrfs_fs, fsfd):
     io.create_subvolume(fsfd, "l")
     t = btrfs_fs.mountpoint / "l"

@@ -66,8 +66,10 @@ def _xattrs(path: bytes) -> list[tuple[bytes, bytes]] | None:
 
 
 class _Exporter:
-    def __init__(self, root: bytes, uid_maps: Sequence[IDMap] | None, gid_maps: Sequence[IDMap] | None):
+    def __init__(self, root: bytes, uid_maps: Sequence[IDMap] | None, gid_maps: Sequence[IDMap] | None,
+                 xattr_inodes: tuple[int, frozenset[int]] | None = None):
         self.root = root
+        self.xattr_dev, self.xattr_inodes = xattr_inodes or (None, frozenset())
         self.uid_maps = uid_maps
         self.gid_maps = gid_maps
         self.links: dict[tuple[int, int], bytes] = {}  # (dev, ino) -> first name written
@@ -102,7 +104,10 @@ class _Exporter:
         mode = st.st_mode
         uid = self._uid(st.st_uid)
         gid = self._gid(st.st_gid)
-        xattrs = _xattrs(full)
+        if st.st_dev == self.xattr_dev and st.st_ino not in self.xattr_inodes:
+            xattrs = None  # the layer's tree holds no extended attribute of this inode
+        else:
+            xattrs = _xattrs(full)
         perm = stat.S_IMODE(mode)
         if stat.S_ISREG(mode):
             if st.st_nlink > 1:
@@ -157,8 +162,8 @@ class _Exporter:
         # sockets do not travel in tar
 
 
-def _stream(root: bytes, found: Iterable[Change], uid_maps, gid_maps, stats) -> Iterator[bytes]:
-    exporter = _Exporter(root, uid_maps, gid_maps)
+def _stream(root: bytes, found: Iterable[Change], uid_maps, gid_maps, stats, xattr_inodes) -> Iterator[bytes]:
+    exporter = _Exporter(root, uid_maps, gid_maps, xattr_inodes)
     for change in found:
         path = os.fsencode(change.path)
         if change.kind == ChangeKind.DELETE:
@@ -210,9 +215,11 @@ class TarStream(io.RawIOBase):
 
 def export_changes(layer: str | bytes, found: Iterable[Change], uid_maps: Sequence[IDMap] | None = None,
                    gid_maps: Sequence[IDMap] | None = None, *,
-                   stats: dict[bytes, os.stat_result] | None = None) -> io.BufferedReader:
+                   stats: dict[bytes, os.stat_result] | None = None,
+                   xattr_inodes: tuple[int, frozenset[int]] | None = None) -> io.BufferedReader:
     """The tar stream of ``found`` (from :func:`changes`) read from ``layer``;
     ``stats`` are the lstat results :func:`changes` collected, reused instead
-    of asking again."""
+    of asking again; ``xattr_inodes`` (from ``native.inodes_with_xattrs``)
+    spares a ``listxattr`` for every entry of that device not in it."""
     root = os.fsencode(layer).rstrip(b"/")
-    return io.BufferedReader(TarStream(_stream(root, found, uid_maps, gid_maps, stats)), CHUNK)
+    return io.BufferedReader(TarStream(_stream(root, found, uid_maps, gid_maps, stats, xattr_inodes)), CHUNK)
