@@ -1115,6 +1115,31 @@ def _reset_peak() -> int:
     return _memory("VmRSS")
 
 
+@pytest.mark.parametrize("size", [100, 5000, 3 * MiB])
+def test_a_file_that_shrinks_while_exported_is_padded_to_its_header(driver, size):
+    """The header promised the size the walk saw; a file truncated since is
+    padded with zeros to it (as GNU tar does), so the stream stays a valid
+    tar and the entries after it are intact."""
+    from btrfsx.archive import changes as walk, export_changes
+    d = driver
+    d.create("S")
+    root = d.get("S")
+    with open(os.path.join(root, "a-shrinks"), "wb") as f:
+        f.write(b"x" * size)
+    with open(os.path.join(root, "b-after"), "wb") as f:
+        f.write(b"intact")
+    stats: dict = {}
+    found = walk(root, None, stats=stats)
+    os.truncate(os.path.join(root, "a-shrinks"), size // 3)
+    with export_changes(root, found, stats=stats) as stream:
+        data = stream.read()
+    with tarfile.open(fileobj=io.BytesIO(data)) as t:
+        shrunk = t.getmember("a-shrinks")
+        assert shrunk.size == size
+        assert t.extractfile(shrunk).read() == b"x" * (size // 3) + bytes(size - size // 3)
+        assert t.extractfile("b-after").read() == b"intact"
+
+
 def test_diff_and_apply_diff_stream(driver):
     d = driver
     d.create("X")

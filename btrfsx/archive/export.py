@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import os
 import stat
+import sys
 import tarfile
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -96,7 +97,10 @@ class _Exporter:
         return encode_header(os.path.join(parent, _WHITEOUT + base).lstrip(b"/"), tarfile.REGTYPE,
                              0, 0, 0, 0, 0)
 
-    def entry(self, path: bytes, st: os.stat_result | None = None) -> Iterator[bytes]:
+    def entry(self, path: bytes, st: os.stat_result | None = None) -> bytes | Iterator[bytes] | None:
+        """The tar bytes of one entry: one bytes object for all but a large
+        (or shrinking) file, whose data comes in chunks from an iterator;
+        None for a socket (they do not travel in tar)."""
         full = self.root + path
         if st is None:
             st = os.lstat(full)
@@ -114,65 +118,79 @@ class _Exporter:
                 key = (st.st_dev, st.st_ino)
                 first = self.links.get(key)
                 if first is not None:
-                    yield encode_header(name, tarfile.LNKTYPE, perm, uid, gid, 0, st.st_mtime_ns, first,
-                                        0, 0, xattrs)
-                    return
+                    return encode_header(name, tarfile.LNKTYPE, perm, uid, gid, 0, st.st_mtime_ns, first,
+                                         0, 0, xattrs)
                 self.links[key] = name
             size = st.st_size
+            head = encode_header(name, tarfile.REGTYPE, perm, uid, gid, size, st.st_mtime_ns, b"", 0, 0, xattrs)
             fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            if size > CHUNK:
+                return self._chunks(fd, head, b"", size)
             try:
-                head = encode_header(name, tarfile.REGTYPE, perm, uid, gid, size, st.st_mtime_ns, b"", 0, 0, xattrs)
-                pad = -size % _BLOCK
-                if size <= CHUNK:
-                    data = os.read(fd, size) if size else b""
-                    if len(data) == size:
-                        # one piece for the whole entry: most files are small
-                        yield b"".join((head, data, _ZEROS[:pad]))
-                        return
-                    yield head
-                    remaining = size - len(data)
-                    yield data
-                else:
-                    yield head
-                    remaining = size
-                while remaining:
-                    chunk = os.read(fd, min(CHUNK, remaining))
-                    if not chunk:
-                        # the file shrank while being read: pad to the size
-                        # the header promised, as GNU tar does
-                        yield bytes(remaining)
-                        break
-                    remaining -= len(chunk)
-                    yield chunk
-            finally:
+                data = os.read(fd, size) if size else b""
+            except BaseException:
                 os.close(fd)
-            if pad:
-                yield _ZEROS[:pad]
-            return
+                raise
+            if len(data) != size:
+                return self._chunks(fd, head, data, size)
+            os.close(fd)
+            # one piece for the whole entry: most files are small
+            return b"".join((head, data, _ZEROS[:-size % _BLOCK]))
         if stat.S_ISDIR(mode):
-            yield encode_header(name + b"/", tarfile.DIRTYPE, perm, uid, gid, 0, st.st_mtime_ns, b"", 0, 0, xattrs)
-        elif stat.S_ISLNK(mode):
-            yield encode_header(name, tarfile.SYMTYPE, perm, uid, gid, 0, st.st_mtime_ns, os.readlink(full),
-                                0, 0, xattrs)
-        elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-            yield encode_header(name, tarfile.CHRTYPE if stat.S_ISCHR(mode) else tarfile.BLKTYPE, perm, uid, gid,
-                                0, st.st_mtime_ns, b"", os.major(st.st_rdev), os.minor(st.st_rdev), xattrs)
-        elif stat.S_ISFIFO(mode):
-            yield encode_header(name, tarfile.FIFOTYPE, perm, uid, gid, 0, st.st_mtime_ns, b"", 0, 0, xattrs)
-        # sockets do not travel in tar
+            return encode_header(name + b"/", tarfile.DIRTYPE, perm, uid, gid, 0, st.st_mtime_ns, b"", 0, 0, xattrs)
+        if stat.S_ISLNK(mode):
+            return encode_header(name, tarfile.SYMTYPE, perm, uid, gid, 0, st.st_mtime_ns, os.readlink(full),
+                                 0, 0, xattrs)
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+            return encode_header(name, tarfile.CHRTYPE if stat.S_ISCHR(mode) else tarfile.BLKTYPE, perm, uid, gid,
+                                 0, st.st_mtime_ns, b"", os.major(st.st_rdev), os.minor(st.st_rdev), xattrs)
+        if stat.S_ISFIFO(mode):
+            return encode_header(name, tarfile.FIFOTYPE, perm, uid, gid, 0, st.st_mtime_ns, b"", 0, 0, xattrs)
+        return None
+
+    @staticmethod
+    def _chunks(fd: int, head: bytes, data: bytes, size: int) -> Iterator[bytes]:
+        """A file's header and data read from ``fd`` (closed at the end),
+        ``data`` being what was read already."""
+        try:
+            yield head
+            if data:
+                yield data
+            remaining = size - len(data)
+            while remaining:
+                chunk = os.read(fd, min(CHUNK, remaining))
+                if not chunk:
+                    # the file shrank while being read: pad to the size
+                    # the header promised, as GNU tar does
+                    yield bytes(remaining)
+                    break
+                remaining -= len(chunk)
+                yield chunk
+        finally:
+            os.close(fd)
+        if size % _BLOCK:
+            yield _ZEROS[:-size % _BLOCK]
+
+
+_FS_ENCODING = sys.getfilesystemencoding()
 
 
 def _stream(root: bytes, found: Iterable[Change], uid_maps, gid_maps, stats, xattr_inodes) -> Iterator[bytes]:
     exporter = _Exporter(root, uid_maps, gid_maps, xattr_inodes)
+    delete = ChangeKind.DELETE
     for change in found:
-        path = os.fsencode(change.path)
-        if change.kind == ChangeKind.DELETE:
+        path = change.path.encode(_FS_ENCODING, "surrogateescape")  # os.fsencode, without its call
+        if change.kind == delete:
             yield exporter.whiteout(path)
-        else:
-            try:
-                yield from exporter.entry(path, stats.get(path) if stats else None)
-            except FileNotFoundError:
-                continue  # removed since the changes were listed
+            continue
+        try:
+            piece = exporter.entry(path, stats.get(path) if stats else None)
+        except FileNotFoundError:
+            continue  # removed since the changes were listed
+        if type(piece) is bytes:
+            yield piece
+        elif piece is not None:
+            yield from piece
     yield bytes(2 * _BLOCK)
 
 
