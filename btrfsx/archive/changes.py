@@ -6,7 +6,18 @@ from __future__ import annotations
 import enum
 import os
 import stat
+import sys
 from typing import NamedTuple
+
+
+# os.fsencode/os.fsdecode, without their Python calls: a whole-layer walk
+# makes one of each per entry
+_FS_ENCODING = sys.getfilesystemencoding()
+
+
+def path_key(change: "Change") -> bytes:
+    """The sort key of a change: its path as bytes (as the kernel orders names)."""
+    return change.path.encode(_FS_ENCODING, "surrogateescape")
 
 
 class ChangeKind(enum.IntEnum):
@@ -82,7 +93,7 @@ def _entries(path: bytes) -> dict[bytes, os.stat_result]:
 
 
 def _added(root: bytes, rel: bytes, st: os.stat_result, out: list[Change], stats: dict | None = None) -> None:
-    out.append(Change(os.fsdecode(rel), ChangeKind.ADD))
+    out.append(Change(rel.decode(_FS_ENCODING, "surrogateescape"), ChangeKind.ADD))
     if stats is not None:
         stats[rel] = st
     if stat.S_ISDIR(st.st_mode):
@@ -136,7 +147,7 @@ def changes(layer: str | bytes, parent: str | bytes | None = None, *,
             _added(new_root, b"/" + name, st, out, stats)
     else:
         _compare(new_root, os.fsencode(parent).rstrip(b"/"), b"", out, stats)
-    out.sort(key=lambda c: os.fsencode(c.path))
+    out.sort(key=path_key)
     return out
 
 

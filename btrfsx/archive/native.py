@@ -37,7 +37,7 @@ import stat
 from collections.abc import Iterable
 
 from btrfsx import _ioctl
-from btrfsx.archive.changes import Change, ChangeKind, _added, entry_differs
+from btrfsx.archive.changes import Change, ChangeKind, _added, entry_differs, path_key
 from btrfsx.errors import NativeChangesUnavailable
 
 log = logging.getLogger("btrfsx.archive")
@@ -308,5 +308,5 @@ def _native_changes(new_root: bytes, old_root: bytes, new_fd: int, old_fd: int, 
     comparer = _Comparer(new_root, old_root, new, old, stats)
     comparer.compare(b"", root)
     out = comparer.out
-    out.sort(key=lambda c: os.fsencode(c.path))
+    out.sort(key=path_key)
     return out
