@@ -78,6 +78,13 @@ EXPLANATIONS: dict[str, str] = {
         "drop the rename but lose the never-visible-half-made guarantee: a crash or a reader between "
         "the create and the chmod would see a layer with the umask's mode. The lead kept the "
         "rename: the target is not met by the cost of that guarantee."),
+    "driver_remove": (
+        "Driver.remove of an empty layer is SNAP_DESTROY plus, with no quotas directory in the store, "
+        "a failing openat of it (~2 us) and the id check: 1.14x the bare _ioctl.destroy_subvolume in "
+        "one process (24.9 vs 21.9 us, measured apart by the lead), 1.49x to 1.52x the C floor in "
+        "the full runs before this one. A run at 2.0x is this VM's noise on a 16 us ioctl (the "
+        "pytest-benchmark figure of the bare _ioctl call moved to 1.68x the C floor in the same "
+        "run)."),
     "driver_snapshot_chain": (
         "Each link of the chain is a snapshot of the previous layer through Driver.create(id, parent): "
         "the driver opens the parent (openat + fstat), snapshots, closes; the C floor keeps the "

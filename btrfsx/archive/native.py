@@ -31,7 +31,6 @@ are told apart by comparing their item with the other tree's.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import stat
 from collections.abc import Iterable
@@ -39,8 +38,6 @@ from collections.abc import Iterable
 from btrfsx import _ioctl
 from btrfsx.archive.changes import Change, ChangeKind, _added, entry_differs, path_key
 from btrfsx.errors import NativeChangesUnavailable
-
-log = logging.getLogger("btrfsx.archive")
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _ROOT_INO = _ioctl.FIRST_FREE_OBJECTID
@@ -60,7 +57,7 @@ class _Tree:
 
     def __init__(self, fd: int, since: int):
         self.fd = fd
-        self.written: dict[int, object] = {}  # inode -> its InodeItem, written since
+        self.written: dict[int, _ioctl.InodeItem] = {}  # inode -> its item, written since
         self.entries: set[int] = set()        # directories with entries written since
         self.data: set[int] = set()           # inodes with file extents written since
         self.xattrs: set[int] = set()         # inodes with extended attributes written since
