@@ -320,6 +320,12 @@ def search_item(fd: int, tree_id: int, objectid: int, type: int, offset: int) ->
 def decode_inode_item(data: bytes) -> InodeItem:
     """An INODE_ITEM (also the first part of a ROOT_ITEM)."""
 
+def inode_item_mode(data: bytes) -> int:
+    """The mode of an INODE_ITEM, without decoding the rest."""
+
+def same_inode_item_but_atime(a: bytes, b: bytes) -> bool:
+    """Whether two INODE_ITEMs are equal in every field but transid and atime."""
+
 def decode_root_item(data: bytes) -> RootItem:
     """A ROOT_ITEM of the root tree."""
 

@@ -18,7 +18,7 @@ from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes
 from libc.errno cimport errno, EINTR, EOVERFLOW, ENOENT, EEXIST
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.stdlib cimport malloc, free
-from libc.string cimport memchr, memcpy, memset
+from libc.string cimport memchr, memcmp, memcpy, memset
 
 cdef extern from "<string.h>" nogil:
     size_t strnlen(const char *s, size_t maxlen)
@@ -789,6 +789,27 @@ def decode_inode_item(bytes data not None):
         le64toh(i.rdev), le64toh(i.flags), le64toh(i.sequence),
         _disk_ts_ns(&i.atime), _disk_ts_ns(&i.ctime), _disk_ts_ns(&i.mtime), _disk_ts_ns(&i.otime),
     )
+
+
+def inode_item_mode(bytes data not None):
+    """The mode of an INODE_ITEM, without decoding the rest."""
+    cdef const btrfs_inode_item *i = <const btrfs_inode_item *>_need(data, sizeof(btrfs_inode_item), "INODE_ITEM")
+    return le32toh(i.mode)
+
+
+def same_inode_item_but_atime(bytes a not None, bytes b not None):
+    """Whether two INODE_ITEMs are equal in every field but the two an atime
+    update rewrites (``transid`` and ``atime``)."""
+    cdef const btrfs_inode_item *x = <const btrfs_inode_item *>_need(a, sizeof(btrfs_inode_item), "INODE_ITEM")
+    cdef const btrfs_inode_item *y = <const btrfs_inode_item *>_need(b, sizeof(btrfs_inode_item), "INODE_ITEM")
+    cdef const char *p = <const char *>x
+    cdef const char *q = <const char *>y
+    cdef size_t after_transid = <size_t>(<const char *>&x.size - p)
+    cdef size_t atime = <size_t>(<const char *>&x.atime - p)
+    cdef size_t after_atime = <size_t>(<const char *>&x.ctime - p)
+    return (x.generation == y.generation
+            and memcmp(p + after_transid, q + after_transid, atime - after_transid) == 0
+            and memcmp(p + after_atime, q + after_atime, sizeof(btrfs_inode_item) - after_atime) == 0)
 
 
 def decode_root_item(bytes data not None):

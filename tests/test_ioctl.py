@@ -559,6 +559,37 @@ def test_decode_inode_item_matches_stat(btrfs_fs, fsfd):
     assert inode.atime_ns == 1_600_000_000_123_456_789
 
 
+def test_inode_items_compared_but_for_atime(btrfs_fs, fsfd):
+    """An atime update rewrites an inode item's transid and atime only; any
+    other change shows in the fields compared."""
+    io.create_subvolume(fsfd, "i")
+    f = btrfs_fs.mountpoint / "i" / "file"
+    f.write_bytes(b"data")
+    os.utime(f, ns=(1_000_000_000, 1_000_000_000))  # atime <= mtime: the next read moves it (relatime)
+    fd = opendir(f.parent)
+    ino = f.stat().st_ino
+
+    def item() -> bytes:
+        io.sync(fd)
+        return io.search_item(fd, 0, ino, io.INODE_ITEM_KEY, 0)
+
+    try:
+        first = item()
+        f.read_bytes()
+        read = item()
+        assert io.decode_inode_item(read).atime_ns != io.decode_inode_item(first).atime_ns
+        assert io.same_inode_item_but_atime(first, read)
+        os.chmod(f, 0o600)
+        os.chmod(f, stat.S_IMODE(io.inode_item_mode(first)))
+        back = item()
+        assert io.inode_item_mode(back) == io.inode_item_mode(first)
+        assert not io.same_inode_item_but_atime(first, back)  # ctime and sequence moved
+        with pytest.raises(ValueError, match="too short"):
+            io.same_inode_item_but_atime(first, first[:100])
+    finally:
+        os.close(fd)
+
+
 def test_decode_root_item_matches_subvolume_info(btrfs_fs, fsfd):
     io.create_subvolume(fsfd, "r")
     fd = opendir(btrfs_fs.mountpoint / "r")
