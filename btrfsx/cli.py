@@ -207,8 +207,17 @@ def cmd_ls(args) -> int:
     return 0
 
 
+WALK_HELP = ("find the changes by walking both trees, as containers/storage does, instead of from btrfs's "
+             "metadata (used anyway when the parent is not the layer's snapshot source)")
+
+
+def _changes_options(args) -> list[str]:
+    """``--walk``: find a layer's changes by walking both trees, as containers/storage does."""
+    return ["btrfsx.changes=naive"] if args.walk else []
+
+
 def cmd_changes(args) -> int:
-    with _driver(args) as d:
+    with _driver(args, _changes_options(args)) as d:
         parent = _parent_for(d, args.id, args.parent)
         found = d.changes(args.id, parent)
     if args.json:
@@ -222,7 +231,7 @@ def cmd_changes(args) -> int:
 def cmd_diff(args) -> int:
     if not args.output and sys.stdout.isatty():
         raise UserError("refusing to write a tar stream to a terminal: give -o FILE or redirect stdout")
-    with _driver(args) as d:
+    with _driver(args, _changes_options(args)) as d:
         parent = _parent_for(d, args.id, args.parent)
         with d.diff(args.id, parent) as stream:
             out = open(args.output, "wb") if args.output else sys.stdout.buffer
@@ -278,7 +287,7 @@ def cmd_apply(args) -> int:
 
 
 def cmd_diff_size(args) -> int:
-    with _driver(args) as d:
+    with _driver(args, _changes_options(args)) as d:
         parent = _parent_for(d, args.id, args.parent)
         size = d.diff_size(args.id, parent)
     _emit_json({"id": args.id, "parent": parent, "size": size}) if args.json else print(size)
@@ -534,9 +543,11 @@ def build_parser() -> argparse.ArgumentParser:
         p = command(name, func, help)
         p.add_argument("id")
         p.add_argument("--parent", help="compare against this layer ('' for none; default: its recorded parent)")
+        p.add_argument("--walk", action="store_true", help=WALK_HELP)
     p = command("diff", cmd_diff, "write a layer's changes as an OCI layer tar")
     p.add_argument("id")
     p.add_argument("--parent", help="compare against this layer ('' for none; default: its recorded parent)")
+    p.add_argument("--walk", action="store_true", help=WALK_HELP)
     p.add_argument("-o", "--output", help="the file to write (default: stdout)")
     comp = p.add_mutually_exclusive_group()
     comp.add_argument("--gzip", action="store_true", help="gzip-compress")

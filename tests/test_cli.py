@@ -125,6 +125,11 @@ def test_changes_diff_apply_diff_size(home, tmp_path):
     assert changes["changes"] == [{"path": "/etc", "kind": "MODIFY"}, {"path": "/etc/os-release", "kind": "MODIFY"},
                                   {"path": "/new", "kind": "ADD"}]
     assert run("changes", "app", home=home).stdout.decode().splitlines() == ["C /etc", "C /etc/os-release", "A /new"]
+    # --walk: the same answer by walking both trees
+    walked = run("changes", "app", "--walk", home=home)
+    assert walked.stdout.decode().splitlines() == ["C /etc", "C /etc/os-release", "A /new"]
+    assert run("diff", "app", "--walk", home=home).stdout == run("diff", "app", home=home).stdout
+    assert run_json("diff-size", "app", "--walk", home=home) == run_json("diff-size", "app", home=home)
     everything = run_json("changes", "app", "--parent", "", home=home)
     assert everything["parent"] is None and {"path": "/etc", "kind": "ADD"} in everything["changes"]
     assert run_json("diff-size", "app", home=home)["size"] == len("ID=app\n") + len("hello")
