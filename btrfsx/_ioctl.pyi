@@ -41,6 +41,8 @@ QGROUP_STATUS_KEY: Final[int]
 QGROUP_INFO_KEY: Final[int]
 QGROUP_LIMIT_KEY: Final[int]
 QGROUP_RELATION_KEY: Final[int]
+UUID_KEY_SUBVOL: Final[int]
+UUID_KEY_RECEIVED_SUBVOL: Final[int]
 
 QGROUP_LEVEL_SHIFT: Final[int]
 QGROUP_LIMIT_MAX_RFER: Final[int]
@@ -313,6 +315,9 @@ def tree_search(fd: int, tree_id: int, **key: Unpack[_SearchKey]) -> TreeSearch:
 
 def subvolume_children(fd: int, subvolid: int) -> list[tuple[int, RootRef]]:
     """The subvolumes directly below subvolume ``subvolid`` (ROOT_REF items)."""
+
+def subvolumes_by_uuid(fd: int, uuid: UUID, received: bool = False) -> list[int]:
+    """The ids of the subvolumes with this UUID (the UUID tree)."""
 
 def search_item(fd: int, tree_id: int, objectid: int, type: int, offset: int) -> bytes | None:
     """The bytes of the item with exactly this key, or None."""

@@ -120,6 +120,8 @@ QGROUP_STATUS_KEY = BTRFS_QGROUP_STATUS_KEY
 QGROUP_INFO_KEY = BTRFS_QGROUP_INFO_KEY
 QGROUP_LIMIT_KEY = BTRFS_QGROUP_LIMIT_KEY
 QGROUP_RELATION_KEY = BTRFS_QGROUP_RELATION_KEY
+UUID_KEY_SUBVOL = BTRFS_UUID_KEY_SUBVOL
+UUID_KEY_RECEIVED_SUBVOL = BTRFS_UUID_KEY_RECEIVED_SUBVOL
 
 QGROUP_LEVEL_SHIFT = BTRFS_QGROUP_LEVEL_SHIFT
 QGROUP_LIMIT_MAX_RFER = BTRFS_QGROUP_LIMIT_MAX_RFER
@@ -764,6 +766,22 @@ def subvolume_children(int fd, uint64_t subvolid):
             min_offset = last + 1
     finally:
         free(raw)
+
+
+def subvolumes_by_uuid(int fd, uuid, bint received=False):
+    """The ids of the subvolumes whose UUID (or, with ``received``, received
+    UUID) is ``uuid`` (a uuid.UUID), from the UUID tree (TREE_SEARCH_V2,
+    root only): one or none, in practice.  The tree keys a UUID as
+    (its first 8 bytes, UUID_KEY_*, its last 8 bytes), each read little-endian."""
+    cdef bytes raw = uuid.bytes
+    cdef bytes data = _search_one(fd, BTRFS_UUID_TREE_OBJECTID, int.from_bytes(raw[:8], "little"),
+                                  BTRFS_UUID_KEY_RECEIVED_SUBVOL if received else BTRFS_UUID_KEY_SUBVOL,
+                                  int.from_bytes(raw[8:], "little"))
+    if data is None:
+        return []
+    if len(data) % 8:
+        raise ValueError(f"UUID item of {uuid} is {len(data)} bytes, not a whole number of subvolume ids")
+    return [int.from_bytes(data[i:i + 8], "little") for i in range(0, len(data), 8)]
 
 
 def search_item(int fd, uint64_t tree_id, uint64_t objectid, uint32_t type, uint64_t offset):

@@ -76,6 +76,8 @@ cdef extern from "btrfsx_compat.h" nogil:
         BTRFS_QGROUP_INFO_KEY
         BTRFS_QGROUP_LIMIT_KEY
         BTRFS_QGROUP_RELATION_KEY
+        BTRFS_UUID_KEY_SUBVOL
+        BTRFS_UUID_KEY_RECEIVED_SUBVOL
 
     enum:
         BTRFS_ROOT_SUBVOL_RDONLY

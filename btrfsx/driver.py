@@ -529,7 +529,36 @@ class Driver:
         """The layer ``id`` was made from, from btrfs's parent UUID (so also for
         layers another program made), or None."""
         self._layer_path(id)
+        if _privileged():
+            try:
+                return self._parent_by_uuid(id)
+            except PermissionError:
+                pass
         return next(info.parent for info in self.layer_infos([id]))
+
+    def _parent_by_uuid(self, layer_id: str) -> str | None:
+        """parent() from the UUID tree: the cost of a few searches, whatever
+        the number of layers (layer_infos opens every layer to map UUIDs)."""
+        store = self._store
+        fd = os.open(layer_id, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=store.subvolumes_fd)
+        try:
+            info = _ioctl.get_subvolume_info(fd)
+        finally:
+            os.close(fd)
+        lineage = store.lineage()
+        parent_uuid = str(info.parent_uuid or "")
+        if str(info.uuid) in lineage:
+            parent_uuid = lineage[str(info.uuid)][0]
+        # as in layer_infos: a subvolume swapped for its backup after a failed
+        # apply_diff lives on under the backup's UUID
+        replaced_by = {replaces: uuid for uuid, (_, replaces) in lineage.items() if replaces}
+        seen = set()
+        while True:
+            layer = store.layer_by_uuid(parent_uuid)
+            if layer is not None or parent_uuid not in replaced_by or parent_uuid in seen:
+                return layer
+            seen.add(parent_uuid)
+            parent_uuid = replaced_by[parent_uuid]
 
     def layer_infos(self, ids: Iterable[str] | None = None) -> list[LayerInfo]:
         """What ``btrfsx ls`` shows of each layer (all, sorted, by default):

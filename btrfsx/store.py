@@ -40,6 +40,7 @@ import stat
 import itertools
 import os
 import threading
+import uuid as _uuid
 import zlib
 from contextlib import contextmanager
 from typing import NamedTuple
@@ -129,6 +130,7 @@ class Store:
         self.staging_root_fd = os.open(self.staging_path, _DIR_NOFOLLOW)
         self._locks_fd = os.open(locks, _DIR_NOFOLLOW)
         self._quotas_fd: int | None = None
+        self._subvolumes_key: tuple[int, int] | None = None  # (tree id, inode) of subvolumes/
         self._stripe_fds: list[int | None] = [None] * LOCK_STRIPES
         self._stripe_locks = [threading.Lock() for _ in range(LOCK_STRIPES)]
         self._staging: list[tuple[str, int]] = []
@@ -413,6 +415,24 @@ class Store:
                 continue
             out[name] = (parent, replaces)
         return out
+
+    def layer_by_uuid(self, uuid: str) -> str | None:
+        """The layer whose subvolume has UUID ``uuid``, or None: from the
+        UUID tree and the subvolume's ROOT_BACKREF (its name and directory),
+        without opening any layer (root only: PermissionError otherwise)."""
+        if not uuid:
+            return None
+        if self._subvolumes_key is None:
+            self._subvolumes_key = (_ioctl.subvolume_id(self.subvolumes_fd), os.fstat(self.subvolumes_fd).st_ino)
+        tree, ino = self._subvolumes_key
+        for subvolid in _ioctl.subvolumes_by_uuid(self.home_fd, _uuid.UUID(uuid)):
+            for item in _ioctl.TreeSearch(self.home_fd, _ioctl.ROOT_TREE_OBJECTID, min_objectid=subvolid,
+                                          max_objectid=subvolid, min_type=_ioctl.ROOT_BACKREF_KEY,
+                                          max_type=_ioctl.ROOT_BACKREF_KEY, buf_size=4096):
+                ref = _ioctl.decode_root_ref(item.data)
+                if item.offset == tree and ref.dirid == ino:
+                    return os.fsdecode(ref.name)
+        return None
 
     # ------------------------------------------------------------ garbage collection
 

@@ -938,6 +938,8 @@ def test_a_failure_while_reading_leaves_the_layer_as_it_was(hostile, exc):
     assert not (env.layer / "victim").exists()
     assert d.parent("L") == "P"
     assert d.parent("K") == "L"
+    # parent() (from the UUID tree) and layer_infos (from every layer's UUID) agree
+    assert [d.parent(layer) for layer in d.layers()] == [info.parent for info in d.layer_infos()]
 
 
 def _statvfs_free(path) -> int:

@@ -4,6 +4,7 @@ import ast
 import errno
 import os
 import stat
+import uuid
 import subprocess
 import threading
 from pathlib import Path
@@ -588,6 +589,22 @@ def test_inode_items_compared_but_for_atime(btrfs_fs, fsfd):
             io.same_inode_item_but_atime(first, first[:100])
     finally:
         os.close(fd)
+
+
+def test_subvolumes_by_uuid_reads_the_uuid_tree(btrfs_fs, fsfd):
+    io.create_subvolume(fsfd, "u")
+    fd = opendir(btrfs_fs.mountpoint / "u")
+    try:
+        io.snapshot(fd, fsfd, "u-snap")
+        info = io.get_subvolume_info(fd)
+    finally:
+        os.close(fd)
+    assert io.subvolumes_by_uuid(fsfd, info.uuid) == [info.id]
+    assert io.subvolumes_by_uuid(fsfd, info.uuid, received=True) == []
+    assert io.subvolumes_by_uuid(fsfd, uuid.uuid4()) == []
+    io.destroy_subvolume(fsfd, "u")
+    io.sync(fsfd)
+    assert io.subvolumes_by_uuid(fsfd, info.uuid) == []  # gone with the subvolume
 
 
 def test_decode_root_item_matches_subvolume_info(btrfs_fs, fsfd):
