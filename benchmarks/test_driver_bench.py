@@ -931,7 +931,7 @@ class TestQuotas:
                    + ("Driver.remove (unsized layer)" if op.startswith("remove") else "Driver.create(id, base)"),
                    alt, samples=len(off_times) - 1)
         tid = f"quota_simple:{op}:{layers}"
-        tools.record(benchmark, f"{mode}: {label}", reference=f"quotas off (alternating round by round)",
+        tools.record(benchmark, f"{mode}: {label}", reference="quotas off (alternating round by round)",
                      reference_s=alt,
                      target=tid if mode == "simple" and tid in tools.bench_targets.TARGETS else None)
 

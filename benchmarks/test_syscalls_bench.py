@@ -15,7 +15,6 @@ the ones to trust for costs.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import statistics

@@ -22,7 +22,6 @@ import tempfile
 import time
 import traceback
 from contextlib import contextmanager, nullcontext
-from pathlib import Path
 
 from btrfsx import ArchiveError, CreateOpts, Driver, OptionError, PrerequisitesError, __version__
 from btrfsx.loopback import Embedded, LoopbackError, unavailable_reason

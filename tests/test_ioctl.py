@@ -1,6 +1,5 @@
 """The compiled ioctl layer, against a real btrfs filesystem on a loop device."""
 
-import ast
 import errno
 import os
 import stat
