@@ -536,15 +536,17 @@ class Driver:
                 pass
         return next(info.parent for info in self.layer_infos([id]))
 
-    def _parent_by_uuid(self, layer_id: str) -> str | None:
+    def _parent_by_uuid(self, layer_id: str, info=None) -> str | None:
         """parent() from the UUID tree: the cost of a few searches, whatever
-        the number of layers (layer_infos opens every layer to map UUIDs)."""
+        the number of layers (a listing of all layers maps UUIDs by opening
+        each).  ``info``: the layer's SubvolumeInfo, when the caller has it."""
         store = self._store
-        fd = os.open(layer_id, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=store.subvolumes_fd)
-        try:
-            info = _ioctl.get_subvolume_info(fd)
-        finally:
-            os.close(fd)
+        if info is None:
+            fd = os.open(layer_id, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=store.subvolumes_fd)
+            try:
+                info = _ioctl.get_subvolume_info(fd)
+            finally:
+                os.close(fd)
         lineage = store.lineage()
         parent_uuid = str(info.parent_uuid or "")
         if str(info.uuid) in lineage:
@@ -565,6 +567,13 @@ class Driver:
         its parent from btrfs's parent UUIDs, creation time, and with quotas
         on its referenced and exclusive bytes and limit."""
         store = self._store
+        if ids is not None and _privileged():
+            # A few layers: parents from the UUID tree, without opening every layer.
+            wanted = [check_layer_id(i) for i in ids]
+            try:
+                return [info for info in map(self._layer_info, wanted) if info is not None]
+            except PermissionError:
+                pass
         every = sorted(store.list_layers())
         wanted = every if ids is None else [check_layer_id(i) for i in ids]
         subvols: dict[str, tuple[int, str, str, float]] = {}  # id -> (subvolid, uuid, parent uuid, otime)
@@ -597,18 +606,40 @@ class Driver:
             while parent_uuid not in by_uuid and parent_uuid in replaced_by and parent_uuid not in seen:
                 seen.add(parent_uuid)
                 parent_uuid = replaced_by[parent_uuid]
-            referenced = exclusive = limit = None
-            if quotas:
-                usage = _ioctl.qgroup_usage(store.home_fd, subvolid)
-                if usage is not None:
-                    referenced, exclusive = usage.referenced, usage.exclusive
-                limits = _ioctl.qgroup_limits(store.home_fd, subvolid)
-                if limits is not None and limits.flags & _ioctl.QGROUP_LIMIT_MAX_RFER:
-                    limit = limits.max_referenced
-            if limit is None:
-                limit = store.read_quota(layer)
-            out.append(LayerInfo(layer, by_uuid.get(parent_uuid), uuid, otime, referenced, exclusive, limit))
+            out.append(LayerInfo(layer, by_uuid.get(parent_uuid), uuid, otime,
+                                 *self._usage(layer, subvolid, quotas)))
         return out
+
+    def _usage(self, layer: str, subvolid: int, quotas: bool) -> tuple[int | None, int | None, int | None]:
+        """(referenced, exclusive, limit) of a layer, as far as quotas tell."""
+        store = self._store
+        referenced = exclusive = limit = None
+        if quotas:
+            usage = _ioctl.qgroup_usage(store.home_fd, subvolid)
+            if usage is not None:
+                referenced, exclusive = usage.referenced, usage.exclusive
+            limits = _ioctl.qgroup_limits(store.home_fd, subvolid)
+            if limits is not None and limits.flags & _ioctl.QGROUP_LIMIT_MAX_RFER:
+                limit = limits.max_referenced
+        if limit is None:
+            limit = store.read_quota(layer)
+        return referenced, exclusive, limit
+
+    def _layer_info(self, layer: str) -> LayerInfo | None:
+        """layer_infos of one layer, its parent from the UUID tree (root only);
+        None when it is not a subvolume."""
+        try:
+            fd = os.open(layer, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=self._store.subvolumes_fd)
+        except OSError:
+            return None
+        try:
+            info = _ioctl.get_subvolume_info(fd)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        return LayerInfo(layer, self._parent_by_uuid(layer, info), str(info.uuid), info.otime,
+                         *self._usage(layer, info.id, self._quota_on()))
 
     def metadata(self, id: str) -> dict | None:
         """None, as the original: btrfs layers carry no driver metadata."""

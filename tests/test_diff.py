@@ -940,6 +940,7 @@ def test_a_failure_while_reading_leaves_the_layer_as_it_was(hostile, exc):
     assert d.parent("K") == "L"
     # parent() (from the UUID tree) and layer_infos (from every layer's UUID) agree
     assert [d.parent(layer) for layer in d.layers()] == [info.parent for info in d.layer_infos()]
+    assert d.layer_infos(d.layers()) == d.layer_infos()  # a few layers, or all of them: the same answers
 
 
 def _statvfs_free(path) -> int:
