@@ -326,16 +326,17 @@ def cmd_import_oci(args) -> int:
 
 def cmd_gc(args) -> int:
     status = _console(stderr=True).status("collecting garbage") if _interactive() else nullcontext()
+    from btrfsx.oci import gc_markers
     with _driver(args) as d, status:
-        report = d.gc()
+        report = {**d.gc()._asdict(), "oci_markers": gc_markers(d)}
     if args.json:
-        _emit_json(report._asdict())
-    elif not report:
+        _emit_json(report)
+    elif not any(report.values()):
         print("nothing to collect")
     else:
-        for kind, items in report._asdict().items():
+        for kind, items in report.items():
             for item in items:
-                print(f"removed {kind.rstrip('s').replace('_', ' ')}: {item}")
+                print(f"removed {kind.rstrip('s').replace('_', ' ').replace('oci', 'OCI import')}: {item}")
     return 0
 
 

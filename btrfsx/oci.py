@@ -494,9 +494,18 @@ class _Markers:
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
 
     def lock(self, layer_id: str) -> int:
-        fd = os.open(os.path.join(self.dir, layer_id), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        return fd
+        path = os.path.join(self.dir, layer_id)
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            # gc_markers may have unlinked the file while this waited for it:
+            # a lock on an unlinked marker guards nothing
+            try:
+                if os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino:
+                    return fd
+            except FileNotFoundError:
+                pass
+            os.close(fd)
 
     @staticmethod
     def read(fd: int) -> dict:
@@ -607,3 +616,37 @@ def import_oci(driver: Driver, directory: str | os.PathLike, tag: str | None = N
             os.close(fd)
         parent = layer_id
     return parent
+
+
+def gc_markers(driver: Driver) -> list[str]:
+    """Remove the import markers (``home/.btrfsx/oci/ID``) of layers that
+    are gone, or whose subvolume is not the one imported; returns their
+    ids.  A marker an import holds is left alone."""
+    directory = os.path.join(driver.home, _MARKERS)
+    try:
+        names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return []
+    removed = []
+    for name in names:
+        path = os.path.join(directory, name)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except (FileNotFoundError, OSError):
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # an import is at work on it
+            record = _Markers.read(fd)
+            try:
+                alive = driver.exists(name) and bool(record.get("uuid")) and record.get("uuid") == _uuid(driver, name)
+            except ValueError:
+                alive = False  # not a layer id at all
+            if not alive:
+                os.unlink(path)
+                removed.append(name)
+        finally:
+            os.close(fd)
+    return removed

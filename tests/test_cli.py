@@ -158,6 +158,7 @@ def test_gc_reports_what_it_removed(home):
     (home / "quotas" / "ghost").write_text("1000")
     report = run_json("gc", home=home)
     assert report["quota_files"] == [str(home / "quotas" / "ghost")]
+    assert report["oci_markers"] == []
     assert not (home / "quotas" / "ghost").exists()
     (home / "quotas" / "ghost2").write_text("1000")
     assert run("gc", home=home).stdout.decode().strip() == f"removed quota file: {home / 'quotas' / 'ghost2'}"

@@ -23,7 +23,7 @@ import pytest
 import zstandard
 
 from btrfsx import ArchiveError, Driver
-from btrfsx.oci import (MEDIA_TYPE_CONFIG, MEDIA_TYPE_INDEX, MEDIA_TYPE_LAYER, MEDIA_TYPE_LAYER_GZIP,
+from btrfsx.oci import (gc_markers, MEDIA_TYPE_CONFIG, MEDIA_TYPE_INDEX, MEDIA_TYPE_LAYER, MEDIA_TYPE_LAYER_GZIP,
                         MEDIA_TYPE_LAYER_ZSTD, MEDIA_TYPE_MANIFEST, REF_NAME, chain_ids, export_oci, import_oci)
 
 MiB = 1 << 20
@@ -470,6 +470,33 @@ def test_a_half_made_layer_is_redone(src, dst, chain, image):
     (Path(dst.home) / ".btrfsx/oci" / ids[2]).unlink()
     assert import_oci(dst, layout, tag="v1") == ids[2]
     assert_same_tree(src.get(chain[2]), dst.get(ids[2]))
+
+
+def test_gc_removes_the_markers_of_layers_that_are_gone(dst, image):
+    """A removed imported layer leaves its import marker; gc_markers removes
+    it (and the marker of a layer made anew under that id), and leaves the
+    markers of live layers and of an import at work."""
+    import fcntl
+    layout, exported = image
+    top = import_oci(dst, layout, tag="v1")
+    ids = [c.split(":")[1] for c in chain_ids(exported.diff_ids)]
+    markers = Path(dst.home) / ".btrfsx" / "oci"
+    assert sorted(p.name for p in markers.iterdir()) == sorted(ids)
+    assert gc_markers(dst) == []
+    dst.remove(top)
+    dst.create(ids[1] + "x")  # not an import: no marker
+    dst.remove(ids[1])
+    dst.create(ids[1], ids[0])  # the same id made anew: not what was imported
+    held = os.open(markers / top, os.O_RDWR)  # as an import of that layer would
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert gc_markers(dst) == [ids[1]]
+    finally:
+        os.close(held)
+    assert gc_markers(dst) == [top]
+    assert sorted(p.name for p in markers.iterdir()) == [ids[0]]
+    assert import_oci(dst, layout, tag="v1") == top  # and the chain imports again
+    assert sorted(p.name for p in markers.iterdir()) == sorted(ids)
 
 
 def test_errors_name_the_layout_tag_and_blob(dst, src, chain, image, tmp_path):
