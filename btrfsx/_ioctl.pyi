@@ -319,6 +319,9 @@ def subvolume_children(fd: int, subvolid: int) -> list[tuple[int, RootRef]]:
 def subvolumes_by_uuid(fd: int, uuid: UUID, received: bool = False) -> list[int]:
     """The ids of the subvolumes with this UUID (the UUID tree)."""
 
+def subvolume_descendants(fd: int, subvolid: int) -> list[tuple[int, int, int, bytes]]:
+    """Every subvolume below ``subvolid``: (id, parent id, directory inode, name), parents first."""
+
 def search_item(fd: int, tree_id: int, objectid: int, type: int, offset: int) -> bytes | None:
     """The bytes of the item with exactly this key, or None."""
 

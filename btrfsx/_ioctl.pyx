@@ -711,61 +711,95 @@ cdef enum:
     ROOT_REF_BUF = 16384
 
 
+cdef int _root_refs(int fd, uint64_t subvolid, btrfs_ioctl_search_args_v2 *args, list out,
+                    bint as_tuples) except -1:
+    """Append the ROOT_REF items of subvolume ``subvolid`` to ``out``: as
+    ``(child id, RootRef)``, or with ``as_tuples`` as ``(child id, subvolid,
+    dirid, name)``.  ``args`` has ROOT_REF_BUF bytes of buffer."""
+    cdef btrfs_ioctl_search_header *sh
+    cdef const btrfs_root_ref *ref
+    cdef uint64_t min_offset = 0, last = 0
+    cdef uint32_t i, n
+    cdef size_t pos
+    cdef int ret
+    cdef bytes name
+    while True:
+        memset(args, 0, sizeof(btrfs_ioctl_search_args_v2))
+        args.key.tree_id = BTRFS_ROOT_TREE_OBJECTID
+        args.key.min_objectid = subvolid
+        args.key.max_objectid = subvolid
+        args.key.min_type = BTRFS_ROOT_REF_KEY
+        args.key.max_type = BTRFS_ROOT_REF_KEY
+        args.key.min_offset = min_offset
+        args.key.max_offset = U64_MAX
+        args.key.max_transid = U64_MAX
+        args.key.nr_items = 0xFFFFFFFF
+        args.buf_size = ROOT_REF_BUF
+        with nogil:
+            ret = _ioctl(fd, BTRFS_IOC_TREE_SEARCH_V2, args)
+        if ret < 0:
+            _raise_fd(-ret, fd)
+        n = args.key.nr_items
+        if n == 0:
+            return 0
+        pos = 0
+        for i in range(n):
+            sh = <btrfs_ioctl_search_header *>(args.buf + pos)
+            pos += sizeof(btrfs_ioctl_search_header)
+            if sh.len < sizeof(btrfs_root_ref):
+                raise ValueError(f"ROOT_REF item of subvolume {sh.objectid} too short: {sh.len} bytes")
+            ref = <const btrfs_root_ref *>(args.buf + pos)
+            if sizeof(btrfs_root_ref) + le16toh(ref.name_len) > sh.len:
+                raise ValueError(f"ROOT_REF item of subvolume {sh.objectid} overruns its {sh.len} bytes")
+            name = PyBytes_FromStringAndSize(<const char *>(ref + 1), le16toh(ref.name_len))
+            if as_tuples:
+                out.append((sh.offset, subvolid, le64toh(ref.dirid), name))
+            else:
+                out.append((sh.offset, RootRef(le64toh(ref.dirid), le64toh(ref.sequence), name)))
+            pos += sh.len
+            last = sh.offset
+        if last == U64_MAX:
+            return 0
+        min_offset = last + 1
+
+
 def subvolume_children(int fd, uint64_t subvolid):
     """The subvolumes directly below subvolume ``subvolid``, from its ROOT_REF
     items in the root tree (TREE_SEARCH_V2, root only): a list of
     ``(child id, RootRef)`` in id order.  The search a ``TreeSearch`` of that
     key range makes, without an object per item on the way."""
-    cdef char *raw = <char *>malloc(sizeof(btrfs_ioctl_search_args_v2) + ROOT_REF_BUF)
-    cdef btrfs_ioctl_search_args_v2 *args = <btrfs_ioctl_search_args_v2 *>raw
-    cdef btrfs_ioctl_search_header *sh
-    cdef const btrfs_root_ref *ref
-    cdef uint64_t min_offset = 0, last
-    cdef uint32_t i, n
-    cdef size_t pos
-    cdef int ret
+    cdef btrfs_ioctl_search_args_v2 *args = <btrfs_ioctl_search_args_v2 *>malloc(
+        sizeof(btrfs_ioctl_search_args_v2) + ROOT_REF_BUF)
     cdef list out = []
-    if raw == NULL:
+    if args == NULL:
         raise MemoryError()
     try:
-        while True:
-            memset(args, 0, sizeof(btrfs_ioctl_search_args_v2))
-            args.key.tree_id = BTRFS_ROOT_TREE_OBJECTID
-            args.key.min_objectid = subvolid
-            args.key.max_objectid = subvolid
-            args.key.min_type = BTRFS_ROOT_REF_KEY
-            args.key.max_type = BTRFS_ROOT_REF_KEY
-            args.key.min_offset = min_offset
-            args.key.max_offset = U64_MAX
-            args.key.max_transid = U64_MAX
-            args.key.nr_items = 0xFFFFFFFF
-            args.buf_size = ROOT_REF_BUF
-            with nogil:
-                ret = _ioctl(fd, BTRFS_IOC_TREE_SEARCH_V2, args)
-            if ret < 0:
-                _raise_fd(-ret, fd)
-            n = args.key.nr_items
-            if n == 0:
-                return out
-            pos = 0
-            for i in range(n):
-                sh = <btrfs_ioctl_search_header *>(args.buf + pos)
-                pos += sizeof(btrfs_ioctl_search_header)
-                if sh.len < sizeof(btrfs_root_ref):
-                    raise ValueError(f"ROOT_REF item of subvolume {sh.objectid} too short: {sh.len} bytes")
-                ref = <const btrfs_root_ref *>(args.buf + pos)
-                if sizeof(btrfs_root_ref) + le16toh(ref.name_len) > sh.len:
-                    raise ValueError(f"ROOT_REF item of subvolume {sh.objectid} overruns its {sh.len} bytes")
-                out.append((sh.offset, RootRef(le64toh(ref.dirid), le64toh(ref.sequence),
-                                               PyBytes_FromStringAndSize(<const char *>(ref + 1),
-                                                                         le16toh(ref.name_len)))))
-                pos += sh.len
-                last = sh.offset
-            if last == U64_MAX:
-                return out
-            min_offset = last + 1
+        _root_refs(fd, subvolid, args, out, False)
     finally:
-        free(raw)
+        free(args)
+    return out
+
+
+def subvolume_descendants(int fd, uint64_t subvolid):
+    """Every subvolume below subvolume ``subvolid``, at any depth, parents
+    before their children: ``(id, parent id, directory inode, name)`` tuples
+    from the ROOT_REF items of the root tree (root only).  The searches of
+    :func:`subvolume_children`, one per subvolume, in one call."""
+    cdef btrfs_ioctl_search_args_v2 *args = <btrfs_ioctl_search_args_v2 *>malloc(
+        sizeof(btrfs_ioctl_search_args_v2) + ROOT_REF_BUF)
+    cdef list out = []
+    cdef list frontier = [subvolid]
+    cdef Py_ssize_t start
+    if args == NULL:
+        raise MemoryError()
+    try:
+        while frontier:
+            start = len(out)
+            _root_refs(fd, frontier.pop(), args, out, True)
+            frontier.extend([t[0] for t in out[start:]])
+    finally:
+        free(args)
+    return out
 
 
 def subvolumes_by_uuid(int fd, uuid, bint received=False):

@@ -24,14 +24,7 @@ def nested_subvolumes(fd: int, subvolid: int) -> list[Nested]:
     """Every subvolume below ``subvolid`` at any depth, parents before their
     children, from the ROOT_REF items of the root tree (root only).  Costs a
     tree search per subvolume found, not a walk of the files."""
-    found: list[Nested] = []
-    frontier = [subvolid]
-    while frontier:
-        parent = frontier.pop()
-        for child, ref in _ioctl.subvolume_children(fd, parent):
-            found.append(Nested(child, parent, ref.dirid, ref.name))
-            frontier.append(child)
-    return found
+    return [tuple.__new__(Nested, t) for t in _ioctl.subvolume_descendants(fd, subvolid)]
 
 
 def _relative_path(fd: int, sub: Nested, paths: dict[int, bytes]) -> bytes:

@@ -392,6 +392,8 @@ def test_subvolume_children_lists_root_refs_across_calls(btrfs_fs, fsfd):
                                    min_type=io.ROOT_REF_KEY, max_type=io.ROOT_REF_KEY))
         assert [(child, ref) for child, ref in children] == [(it.offset, io.decode_root_ref(it.data)) for it in items]
         assert [ref.name.decode() for _, ref in children] == names
+        assert io.subvolume_descendants(fsfd, parent_id) == [(child, parent_id, ref.dirid, ref.name)
+                                                              for child, ref in children]
         cfd = opendir(btrfs_fs.mountpoint / "parent" / names[0])
         try:
             assert io.subvolume_children(fsfd, io.subvolume_id(cfd)) == []
