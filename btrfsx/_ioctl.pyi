@@ -313,9 +313,6 @@ def tree_search(fd: int, tree_id: int, **key: Unpack[_SearchKey]) -> TreeSearch:
 
 # ---------------------------------------------------------------- item decoders
 
-def subvolume_children(fd: int, subvolid: int) -> list[tuple[int, RootRef]]:
-    """The subvolumes directly below subvolume ``subvolid`` (ROOT_REF items)."""
-
 def subvolumes_by_uuid(fd: int, uuid: UUID, received: bool = False) -> list[int]:
     """The ids of the subvolumes with this UUID (the UUID tree)."""
 

@@ -711,18 +711,16 @@ cdef enum:
     ROOT_REF_BUF = 16384
 
 
-cdef int _root_refs(int fd, uint64_t subvolid, btrfs_ioctl_search_args_v2 *args, list out,
-                    bint as_tuples) except -1:
-    """Append the ROOT_REF items of subvolume ``subvolid`` to ``out``: as
-    ``(child id, RootRef)``, or with ``as_tuples`` as ``(child id, subvolid,
-    dirid, name)``.  ``args`` has ROOT_REF_BUF bytes of buffer."""
+cdef int _root_refs(int fd, uint64_t subvolid, btrfs_ioctl_search_args_v2 *args, list out) except -1:
+    """Append the ROOT_REF items of subvolume ``subvolid`` to ``out`` as
+    ``(child id, subvolid, dirid, name)``, in id order.  ``args`` has
+    ROOT_REF_BUF bytes of buffer."""
     cdef btrfs_ioctl_search_header *sh
     cdef const btrfs_root_ref *ref
     cdef uint64_t min_offset = 0, last = 0
     cdef uint32_t i, n
     cdef size_t pos
     cdef int ret
-    cdef bytes name
     while True:
         memset(args, 0, sizeof(btrfs_ioctl_search_args_v2))
         args.key.tree_id = BTRFS_ROOT_TREE_OBJECTID
@@ -751,11 +749,8 @@ cdef int _root_refs(int fd, uint64_t subvolid, btrfs_ioctl_search_args_v2 *args,
             ref = <const btrfs_root_ref *>(args.buf + pos)
             if sizeof(btrfs_root_ref) + le16toh(ref.name_len) > sh.len:
                 raise ValueError(f"ROOT_REF item of subvolume {sh.objectid} overruns its {sh.len} bytes")
-            name = PyBytes_FromStringAndSize(<const char *>(ref + 1), le16toh(ref.name_len))
-            if as_tuples:
-                out.append((sh.offset, subvolid, le64toh(ref.dirid), name))
-            else:
-                out.append((sh.offset, RootRef(le64toh(ref.dirid), le64toh(ref.sequence), name)))
+            out.append((sh.offset, subvolid, le64toh(ref.dirid),
+                        PyBytes_FromStringAndSize(<const char *>(ref + 1), le16toh(ref.name_len))))
             pos += sh.len
             last = sh.offset
         if last == U64_MAX:
@@ -763,28 +758,12 @@ cdef int _root_refs(int fd, uint64_t subvolid, btrfs_ioctl_search_args_v2 *args,
         min_offset = last + 1
 
 
-def subvolume_children(int fd, uint64_t subvolid):
-    """The subvolumes directly below subvolume ``subvolid``, from its ROOT_REF
-    items in the root tree (TREE_SEARCH_V2, root only): a list of
-    ``(child id, RootRef)`` in id order.  The search a ``TreeSearch`` of that
-    key range makes, without an object per item on the way."""
-    cdef btrfs_ioctl_search_args_v2 *args = <btrfs_ioctl_search_args_v2 *>malloc(
-        sizeof(btrfs_ioctl_search_args_v2) + ROOT_REF_BUF)
-    cdef list out = []
-    if args == NULL:
-        raise MemoryError()
-    try:
-        _root_refs(fd, subvolid, args, out, False)
-    finally:
-        free(args)
-    return out
-
-
 def subvolume_descendants(int fd, uint64_t subvolid):
     """Every subvolume below subvolume ``subvolid``, at any depth, parents
     before their children: ``(id, parent id, directory inode, name)`` tuples
-    from the ROOT_REF items of the root tree (root only).  The searches of
-    :func:`subvolume_children`, one per subvolume, in one call."""
+    from the ROOT_REF items of the root tree (TREE_SEARCH_V2, root only): the
+    searches a ``TreeSearch`` of each subvolume's ROOT_REF range makes, in
+    one call, without an object per item on the way."""
     cdef btrfs_ioctl_search_args_v2 *args = <btrfs_ioctl_search_args_v2 *>malloc(
         sizeof(btrfs_ioctl_search_args_v2) + ROOT_REF_BUF)
     cdef list out = []
@@ -795,7 +774,7 @@ def subvolume_descendants(int fd, uint64_t subvolid):
     try:
         while frontier:
             start = len(out)
-            _root_refs(fd, frontier.pop(), args, out, True)
+            _root_refs(fd, frontier.pop(), args, out)
             frontier.extend([t[0] for t in out[start:]])
     finally:
         free(args)
@@ -922,47 +901,44 @@ def decode_dir_items(bytes data not None):
     return out
 
 
+cdef list _decode_refs(bytes data, bint extended, uint64_t parent):
+    """The names packed in an INODE_REF (in directory ``parent``) or, with
+    ``extended``, an INODE_EXTREF (each name with its directory)."""
+    cdef const char *p = PyBytes_AS_STRING(data)
+    cdef size_t size = PyBytes_GET_SIZE(data)
+    cdef size_t head = sizeof(btrfs_inode_extref) if extended else sizeof(btrfs_inode_ref)
+    cdef str what = "INODE_EXTREF" if extended else "INODE_REF"
+    cdef size_t pos = 0, name_len
+    cdef uint64_t index
+    cdef list out = []
+    while pos < size:
+        if size - pos < head:
+            raise ValueError(f"{what} truncated at byte {pos} of {size}")
+        if extended:
+            parent = le64toh((<const btrfs_inode_extref *>(p + pos)).parent_objectid)
+            index = le64toh((<const btrfs_inode_extref *>(p + pos)).index)
+            name_len = le16toh((<const btrfs_inode_extref *>(p + pos)).name_len)
+        else:
+            index = le64toh((<const btrfs_inode_ref *>(p + pos)).index)
+            name_len = le16toh((<const btrfs_inode_ref *>(p + pos)).name_len)
+        pos += head
+        if size - pos < name_len:
+            raise ValueError(f"{what} name at byte {pos} overruns the item ({size} bytes)")
+        out.append(InodeRef(parent, index, PyBytes_FromStringAndSize(p + pos, name_len)))
+        pos += name_len
+    return out
+
+
 def decode_inode_refs(bytes data not None, uint64_t parent):
     """The names packed in one INODE_REF item (key: inode, INODE_REF_KEY,
     ``parent`` directory), as a list of InodeRef."""
-    cdef const char *p = PyBytes_AS_STRING(data)
-    cdef size_t size = PyBytes_GET_SIZE(data)
-    cdef size_t pos = 0, name_len
-    cdef const btrfs_inode_ref *r
-    cdef list out = []
-    while pos < size:
-        if size - pos < sizeof(btrfs_inode_ref):
-            raise ValueError(f"INODE_REF truncated at byte {pos} of {size}")
-        r = <const btrfs_inode_ref *>(p + pos)
-        name_len = le16toh(r.name_len)
-        pos += sizeof(btrfs_inode_ref)
-        if size - pos < name_len:
-            raise ValueError(f"INODE_REF name at byte {pos} overruns the item ({size} bytes)")
-        out.append(InodeRef(parent, le64toh(r.index), PyBytes_FromStringAndSize(p + pos, name_len)))
-        pos += name_len
-    return out
+    return _decode_refs(data, False, parent)
 
 
 def decode_inode_extrefs(bytes data not None):
     """The names packed in one INODE_EXTREF item (the overflow of an inode
     with more hard links in one directory than an INODE_REF holds)."""
-    cdef const char *p = PyBytes_AS_STRING(data)
-    cdef size_t size = PyBytes_GET_SIZE(data)
-    cdef size_t pos = 0, name_len
-    cdef const btrfs_inode_extref *r
-    cdef list out = []
-    while pos < size:
-        if size - pos < sizeof(btrfs_inode_extref):
-            raise ValueError(f"INODE_EXTREF truncated at byte {pos} of {size}")
-        r = <const btrfs_inode_extref *>(p + pos)
-        name_len = le16toh(r.name_len)
-        pos += sizeof(btrfs_inode_extref)
-        if size - pos < name_len:
-            raise ValueError(f"INODE_EXTREF name at byte {pos} overruns the item ({size} bytes)")
-        out.append(InodeRef(le64toh(r.parent_objectid), le64toh(r.index),
-                            PyBytes_FromStringAndSize(p + pos, name_len)))
-        pos += name_len
-    return out
+    return _decode_refs(data, True, 0)
 
 
 def decode_file_extent(bytes data not None):

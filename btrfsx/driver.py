@@ -9,7 +9,7 @@ import logging
 import os
 import stat
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import BinaryIO, NamedTuple
 from dataclasses import dataclass, field
 
@@ -87,6 +87,29 @@ def _mkdir_all_as(path: str, mode: int, uid: int, gid: int) -> None:
         os.chmod(p, mode)
         if (uid, gid) != (0, 0):
             os.chown(p, uid, gid)
+
+
+class _Lineage:
+    """The parents btrfs's UUIDs give, corrected by the records of layers
+    swapped for their backup after a failed apply_diff (``Store.lineage``)."""
+
+    def __init__(self, records: dict[str, tuple[str, str]]):
+        self.records = records
+        self.replaced_by = {replaces: uuid for uuid, (_, replaces) in records.items() if replaces}
+
+    def parent(self, uuid: str, parent_uuid: str, find: Callable[[str], str | None]) -> str | None:
+        """The parent layer of the subvolume ``uuid`` (whose btrfs parent UUID
+        is ``parent_uuid``); ``find`` maps a UUID to a layer, or None."""
+        if uuid in self.records:
+            parent_uuid = self.records[uuid][0]
+        # a parent swapped for its backup lives on under the backup's UUID
+        seen = set()
+        while True:
+            layer = find(parent_uuid)
+            if layer is not None or parent_uuid not in self.replaced_by or parent_uuid in seen:
+                return layer
+            seen.add(parent_uuid)
+            parent_uuid = self.replaced_by[parent_uuid]
 
 
 class Driver:
@@ -547,20 +570,7 @@ class Driver:
                 info = _ioctl.get_subvolume_info(fd)
             finally:
                 os.close(fd)
-        lineage = store.lineage()
-        parent_uuid = str(info.parent_uuid or "")
-        if str(info.uuid) in lineage:
-            parent_uuid = lineage[str(info.uuid)][0]
-        # as in layer_infos: a subvolume swapped for its backup after a failed
-        # apply_diff lives on under the backup's UUID
-        replaced_by = {replaces: uuid for uuid, (_, replaces) in lineage.items() if replaces}
-        seen = set()
-        while True:
-            layer = store.layer_by_uuid(parent_uuid)
-            if layer is not None or parent_uuid not in replaced_by or parent_uuid in seen:
-                return layer
-            seen.add(parent_uuid)
-            parent_uuid = replaced_by[parent_uuid]
+        return _Lineage(store.lineage()).parent(str(info.uuid), str(info.parent_uuid or ""), store.layer_by_uuid)
 
     def layer_infos(self, ids: Iterable[str] | None = None) -> list[LayerInfo]:
         """What ``btrfsx ls`` shows of each layer (all, sorted, by default):
@@ -579,7 +589,7 @@ class Driver:
         subvols: dict[str, tuple[int, str, str, float]] = {}  # id -> (subvolid, uuid, parent uuid, otime)
         for layer in set(every) | set(wanted):
             try:
-                fd = os.open(layer, _DIR_FLAGS, dir_fd=store.subvolumes_fd)
+                fd = os.open(layer, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=store.subvolumes_fd)
             except OSError:
                 continue
             try:
@@ -589,8 +599,7 @@ class Driver:
             finally:
                 os.close(fd)
             subvols[layer] = (info.id, str(info.uuid), str(info.parent_uuid or ""), info.otime)
-        lineage = store.lineage()
-        replaced_by = {replaces: uuid for uuid, (_, replaces) in lineage.items() if replaces}
+        lineage = _Lineage(store.lineage())
         by_uuid = {uuid: layer for layer, (_, uuid, _, _) in subvols.items()}
         quotas = self._quota_on()
         out = []
@@ -598,15 +607,7 @@ class Driver:
             if layer not in subvols:
                 continue
             subvolid, uuid, parent_uuid, otime = subvols[layer]
-            if uuid in lineage:
-                parent_uuid = lineage[uuid][0]
-            # a subvolume swapped for its backup after a failed apply_diff
-            # lives on under the backup's UUID
-            seen = set()
-            while parent_uuid not in by_uuid and parent_uuid in replaced_by and parent_uuid not in seen:
-                seen.add(parent_uuid)
-                parent_uuid = replaced_by[parent_uuid]
-            out.append(LayerInfo(layer, by_uuid.get(parent_uuid), uuid, otime,
+            out.append(LayerInfo(layer, lineage.parent(uuid, parent_uuid, by_uuid.get), uuid, otime,
                                  *self._usage(layer, subvolid, quotas)))
         return out
 

@@ -6,6 +6,7 @@ import subprocess
 
 import pytest
 
+from btrfsx import Driver
 from btrfsx.loopback import IMAGE_PREFIX
 
 
@@ -21,6 +22,22 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def home(btrfs_fs):
+    """A store's home on a fresh btrfs filesystem (made by the first Driver)."""
+    return btrfs_fs.mountpoint / "home"
+
+
+@pytest.fixture
+def driver(home):
+    """A Driver on ``home``; cleaned up (quotas off, fds closed) afterwards."""
+    d = Driver(home)
+    try:
+        yield d
+    finally:
+        d.cleanup()
 
 
 def _our_loop_devices():

@@ -45,11 +45,6 @@ def run_json(*args, **kwargs):
     return json.loads(run(*args, "--json", **kwargs).stdout)
 
 
-@pytest.fixture
-def home(btrfs_fs):
-    return btrfs_fs.mountpoint / "home"
-
-
 # ---------------------------------------------------------------- the embedded store
 
 def test_embedded_store_is_made_reused_and_destroyed(state):

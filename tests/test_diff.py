@@ -35,20 +35,6 @@ ADD, MODIFY, DELETE = ChangeKind.ADD, ChangeKind.MODIFY, ChangeKind.DELETE
 MiB = 1 << 20
 
 
-@pytest.fixture
-def home(btrfs_fs):
-    return btrfs_fs.mountpoint / "home"
-
-
-@pytest.fixture
-def driver(home):
-    d = Driver(home)
-    try:
-        yield d
-    finally:
-        d.cleanup()
-
-
 # ---------------------------------------------------------------- helpers
 
 def _xattrs(path) -> dict:

@@ -19,20 +19,6 @@ from btrfsx.mounts import is_mountpoint
 BAD_IDS = ["", ".", "..", "a/b", "a\0b", "x" * 256]
 
 
-@pytest.fixture
-def home(btrfs_fs):
-    return btrfs_fs.mountpoint / "home"
-
-
-@pytest.fixture
-def driver(home):
-    d = Driver(home)
-    try:
-        yield d
-    finally:
-        d.cleanup()
-
-
 def subvolume_id(path):
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:

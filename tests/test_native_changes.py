@@ -66,20 +66,6 @@ SIZES = [0, 1, 37, 700, 2048, 2049, 4096, 5 * KiB + 3, 12 * KiB, 20 * KiB]
 T0 = 1_700_000_000_123_456_789
 
 
-@pytest.fixture
-def home(btrfs_fs):
-    return btrfs_fs.mountpoint / "home"
-
-
-@pytest.fixture
-def driver(home):
-    d = Driver(home)
-    try:
-        yield d
-    finally:
-        d.cleanup()
-
-
 def _as_set(found: list[Change]) -> set[tuple[str, ChangeKind]]:
     return {(c.path, c.kind) for c in found}
 

@@ -17,11 +17,6 @@ from btrfsx import CreateOpts, Driver, _ioctl
 from btrfsx.loopback import Loopback
 
 
-@pytest.fixture
-def home(btrfs_fs):
-    return btrfs_fs.mountpoint / "home"
-
-
 def fingerprint(root: Path) -> dict:
     out = {}
     for dirpath, dirnames, filenames in os.walk(root):

@@ -41,7 +41,9 @@ class Change(NamedTuple):
         return f"{_LETTER[self.kind]} {self.path}"
 
 
-def _xattrs(path: bytes) -> dict[str, bytes]:
+def xattrs(path: bytes) -> dict[str, bytes]:
+    """The extended attributes of ``path``, a symlink's own; none where the
+    entry cannot have them (a symlink in the user namespace)."""
     try:
         names = os.listxattr(path, follow_symlinks=False)
     except OSError:
@@ -81,7 +83,7 @@ def entry_differs(old_path: bytes, old: os.stat_result, new_path: bytes, new: os
         return True
     if stat.S_ISLNK(new.st_mode) and os.readlink(old_path) != os.readlink(new_path):
         return True
-    return _xattrs(old_path) != _xattrs(new_path)
+    return xattrs(old_path) != xattrs(new_path)
 
 
 def _entries(path: bytes) -> dict[bytes, os.stat_result]:

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 from btrfsx.archive._tar import encode_header
 from btrfsx.archive.changes import Change, ChangeKind
+from btrfsx.archive.changes import xattrs as read_xattrs
 from btrfsx.idmap import IDMap, to_container
 
 WHITEOUT_PREFIX = ".wh."
@@ -48,22 +49,6 @@ def _header(info: tarfile.TarInfo) -> bytes:
               for key, value in pax.items() if key.startswith(_XATTR)]
     return encode_header(os.fsencode(info.name), info.type, info.mode, info.uid, info.gid, info.size, mtime_ns,
                          os.fsencode(info.linkname), info.devmajor, info.devminor, xattrs)
-
-
-def _xattrs(path: bytes) -> list[tuple[bytes, bytes]] | None:
-    try:
-        names = os.listxattr(path, follow_symlinks=False)
-    except OSError:
-        return None  # no xattr support for this entry (e.g. a symlink's user namespace)
-    if not names:
-        return None
-    out = []
-    for key in names:
-        try:
-            out.append((os.fsencode(key), os.getxattr(path, key, follow_symlinks=False)))
-        except OSError:
-            continue  # removed meanwhile
-    return out
 
 
 class _Exporter:
@@ -111,7 +96,7 @@ class _Exporter:
         if st.st_dev == self.xattr_dev and st.st_ino not in self.xattr_inodes:
             xattrs = None  # the layer's tree holds no extended attribute of this inode
         else:
-            xattrs = _xattrs(full)
+            xattrs = [(os.fsencode(key), value) for key, value in read_xattrs(full).items()]
         perm = stat.S_IMODE(mode)
         if stat.S_ISREG(mode):
             if st.st_nlink > 1:

@@ -61,7 +61,6 @@ class _Tree:
         self.entries: set[int] = set()        # directories with entries written since
         self.data: set[int] = set()           # inodes with file extents written since
         self.xattrs: set[int] = set()         # inodes with extended attributes written since
-        self.changed: dict[int, int] = {}     # what changed_since found
         self._dirs: dict[int, bytes] = {_ROOT_INO: b""}
         for item in _ioctl.TreeSearch(fd, 0, min_objectid=_ROOT_INO, max_objectid=_ioctl.LAST_FREE_OBJECTID,
                                       min_type=_ioctl.INODE_ITEM_KEY, max_type=_ioctl.EXTENT_DATA_KEY,
@@ -181,11 +180,12 @@ def _same_bytes(a: bytes, b: bytes) -> bool:
 
 
 class _Comparer:
-    def __init__(self, new_root: bytes, old_root: bytes, new: _Tree, old: _Tree, stats: dict | None):
+    def __init__(self, new_root: bytes, old_root: bytes, new_changed: dict[int, int], old_changed: dict[int, int],
+                 stats: dict | None):
         self.new_root = new_root
         self.old_root = old_root
-        self.new = new
-        self.old = old
+        self.new_changed = new_changed   # inodes of each side that may differ (_Tree.changed_since)
+        self.old_changed = old_changed
         self.stats = stats
         self.out: list[Change] = []
 
@@ -201,7 +201,7 @@ class _Comparer:
         # without a file extent of its own: a reflink (FICLONE,
         # copy_file_range) keeps the generation of the extents it shares,
         # and a punched hole or a truncate-and-extend writes none.
-        if new.st_ino == old.st_ino and new.st_ino not in self.new.changed and old.st_ino not in self.old.changed:
+        if new.st_ino == old.st_ino and new.st_ino not in self.new_changed and old.st_ino not in self.old_changed:
             return False
         return not _same_bytes(new_path, old_path)
 
@@ -318,10 +318,10 @@ def _native_changes(new_root: bytes, old_root: bytes, new_fd: int, old_fd: int, 
     except PermissionError as e:
         raise NativeUnavailable(f"searching btrfs trees needs CAP_SYS_ADMIN ({e.strerror})") from None
     root = _Node()
-    new.changed = new.changed_since(old)
-    old.changed = old.changed_since(new)
-    for tree in (new, old):
-        for ino, mode in tree.changed.items():
+    new_changed = new.changed_since(old)
+    old_changed = old.changed_since(new)
+    for tree, changed in ((new, new_changed), (old, old_changed)):
+        for ino, mode in changed.items():
             for path in tree.paths(ino):
                 node = root
                 if path:
@@ -329,7 +329,7 @@ def _native_changes(new_root: bytes, old_root: bytes, new_fd: int, old_fd: int, 
                         node = node.children.setdefault(name, _Node())
                 if stat.S_ISDIR(mode):
                     node.full = True
-    comparer = _Comparer(new_root, old_root, new, old, stats)
+    comparer = _Comparer(new_root, old_root, new_changed, old_changed, stats)
     comparer.compare(b"", root)
     out = comparer.out
     out.sort(key=path_key)
