@@ -535,7 +535,8 @@ class TestSingleOperations:
     def test_get_driver(self, benchmark, bench, tools):
         d = bench.driver
         benchmark(d.get, bench.base)
-        tools.record(benchmark, "Driver.get(id) (no size limit)", reference="C fstatat", reference_s=SHARED.get("c_stat"))
+        tools.record(benchmark, "Driver.get(id) (no size limit)", reference="C fstatat",
+                     reference_s=SHARED.get("c_stat"))
 
     @pytest.mark.benchmark(group=G_EXISTS)
     def test_exists_lstat(self, benchmark, bench, tools):
@@ -1131,13 +1132,16 @@ def test_threads(benchmark, btrfs_available, floor, tools, request, contender):
     for t in THREADS:
         if t == top and contender != "c":
             continue  # the benchmark's own row
-        tools.also(benchmark, f"{label}, {t} thread(s) x {THREAD_N} snapshots" + (" (the floor's own wall time)" if t == top else ""),
+        tools.also(benchmark, f"{label}, {t} thread(s) x {THREAD_N} snapshots"
+                   + (" (the floor's own wall time)" if t == top else ""),
                    med[t], samples=len(walls[t]) - 1, note=f"speed-up over 1 thread {ups[t]:.2f}x" if t > 1 else "")
     benchmark.extra_info["speedups"] = {str(t): round(v, 3) for t, v in ups.items()}
     benchmark.extra_info.setdefault("notes", []).append(
-        f"{label}: speed-up (throughput over 1 thread) " + ", ".join(f"{t} threads {ups[t]:.2f}x" for t in THREADS if t > 1))
+        f"{label}: speed-up (throughput over 1 thread) "
+        + ", ".join(f"{t} threads {ups[t]:.2f}x" for t in THREADS if t > 1))
     tools.record(benchmark, f"{label}, {top} threads x {THREAD_N} snapshots"
-                 + (f" (speed-up over 1 thread {ups[top]:.2f}x)" if contender != "c" else " (timer includes the process start)"),
+                 + (f" (speed-up over 1 thread {ups[top]:.2f}x)" if contender != "c"
+                    else " (timer includes the process start)"),
                  btrfsx=contender == "driver",
                  note=("C: the benchmark's timer includes starting the floor process; the wall times listed are "
                        "the floor's own") if contender == "c" else "")

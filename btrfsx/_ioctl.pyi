@@ -147,7 +147,7 @@ class InodeRef(NamedTuple):
     """One name of an inode: the directory inode it is in, its index there, and the name."""
 
     parent: int
-    index: int
+    index: int  # type: ignore[assignment]  # the field shadows tuple.index, as at run time
     name: bytes
 
 class FileExtent(NamedTuple):

@@ -3,8 +3,9 @@
 Every command takes ``--home DIR`` (or ``$BTRFSX_HOME``); with neither it
 works on the embedded store, a btrfs image btrfsx makes and mounts for
 itself on first use (``btrfsx loopback status``).  Built on the public API
-only: :class:`btrfsx.Driver` and :mod:`btrfsx.loopback`.  Tables and
-progress bars come from ``rich`` (the ``cli`` extra).
+only: :class:`btrfsx.Driver` and :mod:`btrfsx.loopback`.  Driver options
+come from ``$BTRFSX_OPTIONS`` and ``-o/--option KEY=VALUE``.  Tables and
+progress bars come from ``rich`` (a dependency of the package).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import gzip
 import io
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -27,9 +29,12 @@ from btrfsx import ArchiveError, CreateOpts, Driver, OptionError, PrerequisitesE
 from btrfsx.loopback import Embedded, LoopbackError, unavailable_reason
 from btrfsx.units import bytes_size
 
+#: Driver options from the environment, separated by commas and/or whitespace.
+OPTIONS_ENV = "BTRFSX_OPTIONS"
+
 EXAMPLES = {
     "create": "btrfsx create base && btrfsx create app --parent base --size 10G",
-    "rm": "btrfsx rm app base",
+    "rm": "btrfsx rm app base          # children first, all or none",
     "path": "cd \"$(btrfsx path app)\"",
     "exists": "btrfsx exists app && echo present",
     "status": "btrfsx status --json",
@@ -43,6 +48,7 @@ EXAMPLES = {
     "loopback": "btrfsx loopback status; btrfsx loopback destroy",
     "export-oci": "btrfsx export-oci app ./image --tag v1 && skopeo copy oci:./image:v1 docker://registry/app:v1",
     "import-oci": "skopeo copy docker://registry/app:v1 oci:./image:v1 && btrfsx import-oci ./image --tag v1",
+    "quota": "btrfsx quota disable --force",
 }
 
 
@@ -53,10 +59,7 @@ class UserError(Exception):
 # ---------------------------------------------------------------- output
 
 def _console(stderr: bool = False):
-    try:
-        from rich.console import Console
-    except ImportError:
-        raise UserError("the btrfsx command needs the 'cli' extra: pip install 'btrfsx[cli]'") from None
+    from rich.console import Console  # an ImportError is reported by main() in one line
     return Console(stderr=stderr, highlight=False, soft_wrap=True)
 
 
@@ -64,7 +67,7 @@ def _emit_json(data) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
-def _table(columns: list[str], rows: list[list], right: set[int] = frozenset()) -> None:
+def _table(columns: list[str], rows: list[list], right: set[int] | frozenset[int] = frozenset()) -> None:
     from rich import box
     from rich.table import Table
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, show_header=any(columns))
@@ -85,8 +88,16 @@ def _progress(description: str, total: float | None = None, unit_bytes: bool = F
     if not _interactive():
         yield lambda advance=1: None
         return
-    from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, SpinnerColumn,
-                               TextColumn, TimeElapsedColumn, TransferSpeedColumn)
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TransferSpeedColumn,
+    )
     columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn()]
     columns += ([DownloadColumn(), TransferSpeedColumn()] if unit_bytes else [MofNCompleteColumn()])
     columns.append(TimeElapsedColumn())
@@ -116,9 +127,16 @@ def _home(args) -> str:
     return str(embedded.ensure())
 
 
+def _env_options() -> list[str]:
+    """``$BTRFSX_OPTIONS``: driver options separated by commas and/or whitespace."""
+    return [o for o in re.split(r"[,\s]+", os.environ.get(OPTIONS_ENV, "")) if o]
+
+
 @contextmanager
 def _driver(args, options: list[str] | None = None):
-    d = Driver(_home(args), options=options or [])
+    """A Driver with the options of the environment, then of the command
+    line (later ones win), then ``options`` (what the command itself needs)."""
+    d = Driver(_home(args), options=[*_env_options(), *args.driver_options, *(options or [])])
     try:
         yield d
     finally:
@@ -135,22 +153,71 @@ def _parent_for(d: Driver, layer: str, parent: str | None) -> str | None:
 # ---------------------------------------------------------------- commands
 
 def cmd_create(args) -> int:
-    opts = CreateOpts(storage_opt={"size": args.size}) if args.size else None
+    # "" too: the library refuses an empty size, it is not the same as none
+    opts = CreateOpts(storage_opt={"size": args.size}) if args.size is not None else None
     with _driver(args) as d:
-        (d.create_read_write if args.rw else d.create)(args.id, args.parent or None, opts)
+        try:
+            (d.create_read_write if args.rw else d.create)(args.id, args.parent or None, opts)
+        except ValueError as e:  # OptionError too: say which layer it was about
+            if repr(args.id) in str(e):
+                raise
+            raise UserError(f"layer {args.id!r}: {e}") from e
         path = d.get(args.id)
     if args.json:
         _emit_json({"id": args.id, "parent": args.parent or None, "path": path, "size": args.size})
     return 0
 
 
+def _quoted(names) -> str:
+    return ", ".join(repr(n) for n in names)
+
+
+def _removal_order(d: Driver, ids: list[str], force: bool) -> list[str]:
+    """``ids`` checked and ordered for removal, children before their
+    parents; a UserError, before anything is removed, if one is not a layer
+    or has children not among ``ids`` (unless ``force``)."""
+    missing = [i for i in ids if not d.exists(i)]
+    if missing:
+        subvolumes = os.path.join(d.home, "subvolumes")
+        what = [f"{i!r} is not a btrfs subvolume" if os.path.lexists(os.path.join(subvolumes, i))
+                else f"{i!r} does not exist" for i in missing]
+        raise UserError(f"layer {'; layer '.join(what)}; nothing removed")
+    children: dict[str, list[str]] = {}
+    for info in d.layer_infos():
+        if info.parent is not None:
+            children.setdefault(info.parent, []).append(info.id)
+    removing = set(ids)
+    if not force:
+        kept = [(i, [c for c in children.get(i, []) if c not in removing]) for i in ids]
+        refused = [f"layer {i!r} has children {_quoted(c)}" for i, c in kept if c]
+        if refused:
+            raise UserError(f"{'; '.join(refused)}; remove them too or use --force")
+    order: list[str] = []
+    done: set[str] = set()
+
+    def visit(layer: str, path: frozenset[str]) -> None:
+        if layer in done or layer in path:
+            return
+        for child in children.get(layer, []):
+            if child in removing:
+                visit(child, path | {layer})
+        done.add(layer)
+        order.append(layer)
+    for layer in ids:
+        visit(layer, frozenset())
+    return order
+
+
 def cmd_rm(args) -> int:
     removed = []
-    with _driver(args) as d, _progress("removing layers", total=len(args.ids)) as tick:
-        for layer in args.ids:
-            d.remove(layer)
-            removed.append(layer)
-            tick()
+    ids = list(dict.fromkeys(args.ids))
+    with _driver(args) as d:
+        order = _removal_order(d, ids, args.force)
+        with _progress("removing layers", total=len(order)) as tick:
+            for layer in order:
+                d.remove(layer)
+                removed.append(layer)
+                tick()
     if args.json:
         _emit_json({"removed": removed})
     return 0
@@ -173,11 +240,11 @@ def cmd_exists(args) -> int:
 
 def cmd_status(args) -> int:
     with _driver(args) as d:
+        if args.json:
+            _emit_json(d.status_info())  # numbers as numbers, null for unset
+            return 0
         status = d.status()
-    if args.json:
-        _emit_json(dict(status))
-    else:
-        _table(["", ""], [[k, v] for k, v in status])
+    _table(["", ""], [[k, v] for k, v in status])
     return 0
 
 
@@ -294,7 +361,9 @@ def cmd_diff_size(args) -> int:
 
 
 def cmd_export_oci(args) -> int:
-    from btrfsx.oci import export_oci
+    from btrfsx.oci import check_tag, export_oci
+    if args.tag is not None:
+        check_tag(args.tag)  # before the store is opened or anything written
     with _driver(args) as d:
         status = _console(stderr=True).status(f"exporting {args.id}") if _interactive() else nullcontext()
         with status:
@@ -329,14 +398,32 @@ def cmd_gc(args) -> int:
     from btrfsx.oci import gc_markers
     with _driver(args) as d, status:
         report = {**d.gc()._asdict(), "oci_markers": gc_markers(d)}
+    report["foreign"] = list(report.get("foreign", ()))
     if args.json:
         _emit_json(report)
     elif not any(report.values()):
         print("nothing to collect")
     else:
         for kind, items in report.items():
+            if kind == "foreign":
+                continue
             for item in items:
                 print(f"removed {kind.rstrip('s').replace('_', ' ').replace('oci', 'OCI import')}: {item}")
+        for item in report["foreign"]:
+            print(f"foreign entry, not a layer (left alone): {item}")
+    return 0
+
+
+def cmd_quota(args) -> int:
+    with _driver(args) as d:
+        disable = getattr(d, "disable_quotas", None)
+        if disable is None:
+            raise UserError("this btrfsx has no Driver.disable_quotas: upgrade btrfsx")
+        disabled = disable(force=args.force)
+    if args.json:
+        _emit_json({"action": "disable", "disabled": bool(disabled)})
+    else:
+        print("quotas disabled" if disabled else "quotas were already off")
     return 0
 
 
@@ -359,7 +446,7 @@ def cmd_loopback(args) -> int:
 
 # ---------------------------------------------------------------- demo: a CI builder's day in small
 
-def _tarball(entries: list[tuple[str, bytes | None]], whiteouts: list[str] = ()) -> bytes:
+def _tarball(entries: list[tuple[str, bytes | None]], whiteouts: list[str] | tuple[str, ...] = ()) -> bytes:
     """An uncompressed layer tar of ``(path, content or None for a directory)``."""
     import tarfile
     buf = io.BytesIO()
@@ -390,7 +477,7 @@ def _rootfs(files: int) -> bytes:
 
 
 def _build_layer(build: int, layer: int) -> bytes:
-    entries = [(f"app/b{build}", None), (f"app/b{build}/l{layer}", None)]
+    entries: list[tuple[str, bytes | None]] = [(f"app/b{build}", None), (f"app/b{build}/l{layer}", None)]
     entries += [(f"app/b{build}/l{layer}/obj{j:03d}.o", os.urandom(512) * (1 + j % 16)) for j in range(40)]
     entries.append((f"etc/file{layer:05d}", b"rebuilt by build %d layer %d\n" % (build, layer)))
     return _tarball(entries, whiteouts=[f"usr/share/doc/file{6 + 8 * layer:05d}"])  # one base file each
@@ -465,14 +552,15 @@ def cmd_demo(args) -> int:
             cli = (_compare_with_cli(d, base, prefix, 10)
                    if shutil.which("btrfs") and not args.no_compare else None)
         finally:
-            for layer in [f for f in d.layer_infos() if f.id.startswith(prefix + "-")][::-1]:
-                d.remove(layer.id)
+            for info in [f for f in d.layer_infos() if f.id.startswith(prefix + "-")][::-1]:
+                d.remove(info.id)
     apply_s = sum(samples.get("apply_diff", []))
     export_s = sum(samples.get("diff (export)", []))
     summary = {
         "builds": args.builds, "layers_per_build": args.layers, "layers_created": created,
         "seconds": round(elapsed, 3), "layers_per_second": round(created / elapsed, 1),
-        "applied_bytes": applied, "applied_mib_per_second": round(applied / (1 << 20) / apply_s, 1) if apply_s else None,
+        "applied_bytes": applied,
+        "applied_mib_per_second": round(applied / (1 << 20) / apply_s, 1) if apply_s else None,
         "exported_bytes": exported,
         "exported_mib_per_second": round(exported / (1 << 20) / export_s, 1) if export_s else None,
         "median_seconds": {op: statistics.median(t) for op, t in samples.items()},
@@ -501,25 +589,51 @@ def cmd_demo(args) -> int:
 
 # ---------------------------------------------------------------- parsing
 
-def _add_common(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("common options")
-    g.add_argument("--home", default=None, help="the layer store (default: $BTRFSX_HOME, else the embedded store)")
+HOME_HELP = "the layer store (default: $BTRFSX_HOME, else the embedded store)"
+OPTION_HELP = (f"a driver option, as Driver(options=[...]) takes it (btrfs.min_space=100m, btrfs.size=1g, "
+               f"btrfsx.quota=simple|qgroup, btrfsx.changes=auto|native|naive); repeatable, after those of "
+               f"${OPTIONS_ENV} (separated by commas or spaces), later ones win")
+
+
+def _add_common(p: argparse.ArgumentParser, short_option: bool = True) -> None:
+    g = p.add_argument_group("common options (also accepted before the command)")
+    g.add_argument("--home", default=None, help=HOME_HELP)
     g.add_argument("--json", action="store_true", default=None, help="machine-readable output")
     g.add_argument("--debug", action="store_true", default=None, help="show tracebacks")
+    flags = ["-o", "--option"] if short_option else ["--option"]
+    g.add_argument(*flags, dest="options", action="append", default=None, metavar="KEY=VALUE",
+                   help=OPTION_HELP + ("" if short_option else " (here only --option: -o is --output)"))
+
+
+class _CommandParser(argparse.ArgumentParser):
+    """A command's parser: an argument it does not know is an error with its
+    own usage, not the top-level parser's."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="btrfsx", description="A fast btrfs layer store, compatible with podman's and buildah's.",
-        epilog="example: btrfsx demo   (runs on an embedded loopback filesystem when no --home is given)")
+        epilog="example: btrfsx demo   (runs on an embedded loopback filesystem when no --home is given)\n"
+               f"driver options: -o KEY=VALUE (repeatable) after those of ${OPTIONS_ENV}, "
+               f"e.g. {OPTIONS_ENV}='btrfs.min_space=100m btrfs.size=1g'",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"btrfsx {__version__}")
-    parser.add_argument("--home", dest="top_home", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--json", dest="top_json", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--debug", dest="top_debug", action="store_true", help=argparse.SUPPRESS)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    g = parser.add_argument_group("global options (also accepted after the command)")
+    g.add_argument("--home", dest="top_home", default=None, metavar="HOME", help=HOME_HELP)
+    g.add_argument("--json", dest="top_json", action="store_true", help="machine-readable output")
+    g.add_argument("--debug", dest="top_debug", action="store_true", help="show tracebacks")
+    g.add_argument("-o", "--option", dest="top_options", action="append", default=None, metavar="KEY=VALUE",
+                   help=OPTION_HELP)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_CommandParser)
 
-    def command(name, func, help):
-        p = sub.add_parser(name, help=help, description=help, epilog=f"example: {EXAMPLES[name]}",
+    def command(name, func, help, description=None):
+        p = sub.add_parser(name, help=help, description=description or help, epilog=f"example: {EXAMPLES[name]}",
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.set_defaults(func=func)
         return p
@@ -529,8 +643,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parent", help="the layer to snapshot")
     p.add_argument("--size", help="a size limit (10G, 512m, ...): turns quotas on")
     p.add_argument("--rw", action="store_true", help="a read-write layer (gets btrfs.size by default)")
-    p = command("rm", cmd_rm, "remove layers, with any subvolume nested in them")
+    p = command("rm", cmd_rm, "remove layers, with any subvolume nested in them",
+                "remove layers, with any subvolume nested in them; all or none: every ID is checked first, and\n"
+                "if one is not a layer nothing is removed (each missing one is named, exit status 1).  A layer\n"
+                "other layers were snapshotted from is refused unless its children are removed with it (they\n"
+                "go first) or --force is given (the children stay, without a parent).")
     p.add_argument("ids", nargs="+", metavar="ID")
+    p.add_argument("--force", action="store_true", help="remove layers that have children, leaving the children")
     p = command("path", cmd_path, "print a layer's directory")
     p.add_argument("id")
     p = command("exists", cmd_exists, "exit 0 if a layer exists, 1 if not")
@@ -573,7 +692,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("loopback", cmd_loopback, "the embedded store: show it, or unmount and delete it")
     p.add_argument("action", choices=["status", "destroy"])
     for p in sub.choices.values():
-        _add_common(p)
+        _add_common(p, short_option=p.prog != "btrfsx diff")
+    p = command("quota", cmd_quota, "manage the store's quotas",
+                "manage the store's quotas (the common options --home, --json, --debug, -o go after the action)")
+    actions = p.add_subparsers(dest="quota_action", metavar="ACTION", required=True, parser_class=_CommandParser)
+    p = actions.add_parser("disable", help="turn quotas off on the store's filesystem",
+                           description="turn quotas off on the store's filesystem; refused (EBUSY, naming them) "
+                                       "while layers have size limits, unless --force",
+                           epilog=f"example: {EXAMPLES['quota']}", formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--force", action="store_true", help="turn quotas off even though layers have size limits "
+                                                        "(their limits are dropped)")
+    _add_common(p)
     return parser
 
 
@@ -586,16 +715,36 @@ def _describe(e: BaseException) -> str:
     return str(e)
 
 
+#: pip's names of the modules the command imports from other distributions.
+_DISTRIBUTIONS = {"rich": "rich>=13", "zstandard": "zstandard>=0.19"}
+
+
+def _describe_import_error(e: ImportError) -> str:
+    name = e.name or (e.msg.split("'")[1] if e.msg.count("'") >= 2 else "")
+    top = name.split(".")[0]
+    if top == "btrfsx":
+        fix = "pip install --force-reinstall btrfsx (from a checkout: bash scripts/bootstrap.sh)"
+    else:
+        fix = f"pip install '{_DISTRIBUTIONS.get(top, top or 'btrfsx')}' (or reinstall: pip install btrfsx)"
+    return f"the Python module {name or '?'!r} is missing or broken ({e}); install it: {fix}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.home = args.home or args.top_home
     args.json = bool(args.json or args.top_json)
     args.debug = bool(args.debug or args.top_debug)
+    args.driver_options = [*(args.top_options or []), *(getattr(args, "options", None) or [])]
     try:
         return args.func(args) or 0
     except KeyboardInterrupt:
-        print("btrfsx: interrupted", file=sys.stderr)
+        print("btrfsx: interrupted; run 'btrfsx gc' to collect what was left", file=sys.stderr)
         return 130
+    except ImportError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"btrfsx: {_describe_import_error(e)}", file=sys.stderr)
+        return 1
     except BrokenPipeError:
         # the reader went away (btrfsx diff | head): not an error of ours
         sys.stderr.close()

@@ -10,8 +10,8 @@ import os
 import stat
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import BinaryIO, NamedTuple
 from dataclasses import dataclass, field
+from typing import BinaryIO, NamedTuple
 
 from btrfsx import __version__, _ioctl, archive, quota, subvolume
 from btrfsx.archive import Change
@@ -233,6 +233,7 @@ class Driver:
                 self._inflight += 1
             try:
                 if in_place:
+                    assert parent is not None  # in_place needs one
                     self._snapshot_in_place(layer_id, parent, size, quota_files)
                 else:
                     self._create_staged(layer_id, parent, size, mode, label, quota_files)
@@ -421,35 +422,42 @@ class Driver:
         """Nothing to release: :meth:`get` mounts nothing."""
 
     def exists(self, id: str) -> bool:
+        """Whether layer ``id`` exists: a subvolume at ``subvolumes/ID`` (a
+        plain directory or symlink put there by hand is not a layer)."""
         check_layer_id(id)
-        try:
-            os.stat(id, dir_fd=self._store.subvolumes_fd, follow_symlinks=False)
-            return True
-        except FileNotFoundError:
-            return False
+        return self._store.is_layer(id)
 
     def layers(self) -> list[str]:
         """The ids of every layer, sorted."""
         return sorted(self._store.list_layers())
 
-    def status(self) -> list[tuple[str, str]]:
-        """What a person debugging the store wants to know."""
+    def status_info(self) -> dict[str, str | int | None]:
+        """:meth:`status` typed, under the same keys: sizes and the layer
+        count as ints, None for what is unset ("Min Space", "Default Size")
+        or cannot be read ("Quota Mode" without root)."""
         fd = self._store.home_fd
+        mode: str | None
         try:
             mode = str(quota.mode(fd))
         except PermissionError:
-            mode = "unknown (reading the quota tree needs root)"
+            mode = None
         info = _ioctl.fs_info(fd)
-        return [
-            ("Driver", f"btrfsx {__version__}"),
-            ("Kernel Version", os.uname().release),
-            ("Home", self.home),
-            ("Filesystem UUID", str(info.fsid)),
-            ("Quota Mode", mode),
-            ("Min Space", str(self.options.min_space) if self.options.min_space else "none"),
-            ("Default Size", str(self.options.default_size) if self.options.default_size else "none"),
-            ("Layers", str(len(self._store.list_layers()))),
-        ]
+        return {
+            "Driver": f"btrfsx {__version__}",
+            "Kernel Version": os.uname().release,
+            "Home": self.home,
+            "Filesystem UUID": str(info.fsid),
+            "Quota Mode": mode,
+            "Min Space": self.options.min_space or None,
+            "Default Size": self.options.default_size or None,
+            "Layers": len(self._store.list_layers()),
+        }
+
+    def status(self) -> list[tuple[str, str]]:
+        """What a person debugging the store wants to know (:meth:`status_info` as text)."""
+        unset = {"Quota Mode": "unknown (reading the quota tree needs root)"}
+        return [(key, unset.get(key, "none") if value is None else str(value))
+                for key, value in self.status_info().items()]
 
     # ------------------------------------------------------------ diffs
 
@@ -588,6 +596,8 @@ class Driver:
         wanted = every if ids is None else [check_layer_id(i) for i in ids]
         subvols: dict[str, tuple[int, str, str, float]] = {}  # id -> (subvolid, uuid, parent uuid, otime)
         for layer in set(every) | set(wanted):
+            if not store.is_layer(layer):
+                continue  # a plain directory would give the subvolume holding it
             try:
                 fd = os.open(layer, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=store.subvolumes_fd)
             except OSError:
@@ -629,6 +639,8 @@ class Driver:
     def _layer_info(self, layer: str) -> LayerInfo | None:
         """layer_infos of one layer, its parent from the UUID tree (root only);
         None when it is not a subvolume."""
+        if not self._store.is_layer(layer):
+            return None  # GET_SUBVOL_INFO on a plain directory describes the subvolume holding it
         try:
             fd = os.open(layer, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=self._store.subvolumes_fd)
         except OSError:
@@ -650,7 +662,9 @@ class Driver:
         return []
 
     def gc(self) -> GcReport:
-        """Reclaim what interrupted operations left behind (see :meth:`Store.gc`)."""
+        """Reclaim what interrupted operations left behind (see :meth:`Store.gc`);
+        entries of ``subvolumes/`` that are not subvolumes are reported in
+        ``foreign``, never removed."""
         return self._store.gc()
 
     def cleanup(self) -> None:
@@ -684,7 +698,7 @@ class Driver:
                 log.info("%s was no longer mounted", self.home)
             self._bind_mounted = False
 
-    def __enter__(self) -> "Driver":
+    def __enter__(self) -> Driver:
         return self
 
     def __exit__(self, *exc) -> None:

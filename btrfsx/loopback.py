@@ -118,7 +118,7 @@ class Loopback:
     @classmethod
     def create(cls, image_dir: str | os.PathLike, mountpoint: str | os.PathLike, *,
                size: int = DEFAULT_SIZE, mkfs_args: tuple[str, ...] = (),
-               mount_options: str = "", image: str | os.PathLike | None = None) -> "Loopback":
+               mount_options: str = "", image: str | os.PathLike | None = None) -> Loopback:
         """Make an image of ``size`` bytes (sparse) in ``image_dir``, format it,
         attach it and mount it at ``mountpoint`` (created if missing)."""
         global _counter
@@ -141,14 +141,14 @@ class Loopback:
 
     @classmethod
     def attach(cls, image: str | os.PathLike, mountpoint: str | os.PathLike, *,
-               mount_options: str = "") -> "Loopback":
+               mount_options: str = "") -> Loopback:
         """Attach and mount an existing image (kept on :meth:`close`, unlike
         one made by :meth:`create`; see :meth:`destroy`)."""
         return cls._mount(Path(image), Path(mountpoint), mount_options, owns_image=False)
 
     @classmethod
     def _mount(cls, image: Path, mountpoint: Path, mount_options: str, owns_image: bool,
-               prepare=None) -> "Loopback":
+               prepare=None) -> Loopback:
         owns_mountpoint = not mountpoint.exists()
         mountpoint.mkdir(parents=True, exist_ok=True)
         fs = cls(image, None, mountpoint, owns_image=owns_image, owns_mountpoint=owns_mountpoint)
@@ -213,7 +213,7 @@ class Loopback:
         self._owns_image = True
         self.close()
 
-    def __enter__(self) -> "Loopback":
+    def __enter__(self) -> Loopback:
         return self
 
     def __exit__(self, *exc) -> None:

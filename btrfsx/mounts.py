@@ -26,7 +26,7 @@ def is_mountpoint(path: str) -> bool:
         return any(_unescape_mountinfo(line.split(" ", 5)[4]) == path for line in f)
 
 
-def mount_source(path: str | os.PathLike) -> str | None:
+def mount_source(path: str | os.PathLike[str]) -> str | None:
     """The source (a device, for a block filesystem) mounted at ``path``, or None."""
     path = os.path.realpath(path)
     with open("/proc/self/mountinfo") as f:

@@ -25,12 +25,12 @@ import tempfile
 import time
 import zlib
 from collections.abc import Callable
-from typing import BinaryIO, NamedTuple
+from typing import BinaryIO, NamedTuple, cast
 
 from btrfsx.driver import Driver
 from btrfsx.errors import ArchiveError
 
-__all__ = ["export_oci", "import_oci", "Descriptor", "Exported", "chain_ids",
+__all__ = ["export_oci", "import_oci", "check_tag", "Descriptor", "Exported", "chain_ids",
            "MEDIA_TYPE_INDEX", "MEDIA_TYPE_MANIFEST", "MEDIA_TYPE_CONFIG", "MEDIA_TYPE_LAYER",
            "MEDIA_TYPE_LAYER_GZIP", "MEDIA_TYPE_LAYER_ZSTD", "REF_NAME"]
 
@@ -60,6 +60,13 @@ _DIGEST = re.compile(r"^(sha256|sha512):([0-9a-f]+)$")
 _HEX_LEN = {"sha256": 64, "sha512": 128}
 #: The most a manifest or config may weigh (containers/image's limit).
 _MAX_JSON = 4 << 20
+#: org.opencontainers.image.ref.name (image-spec annotations.md):
+#: ref ::= component ("/" component)*; component ::= alphanum (separator alphanum)*;
+#: alphanum ::= [A-Za-z0-9]+; separator ::= [-._:@+] | "--"
+REF_GRAMMAR = 'ref ::= component ("/" component)*, component ::= alphanum (separator alphanum)*, ' \
+    'alphanum ::= [A-Za-z0-9]+, separator ::= [-._:@+] | "--"'
+_COMPONENT = r"[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*"
+_REF_NAME = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
 #: Marks an imported layer as complete: ``home/.btrfsx/oci/<layer id>``.
 _MARKERS = os.path.join(".btrfsx", "oci")
 
@@ -224,6 +231,14 @@ def _chain(driver: Driver, layer_id: str) -> list[str]:
     return chain[::-1]
 
 
+def check_tag(tag: str) -> str:
+    """``tag`` if it is a valid ``org.opencontainers.image.ref.name``; a
+    ValueError naming it and the grammar otherwise."""
+    if not isinstance(tag, str) or not _REF_NAME.fullmatch(tag):
+        raise ValueError(f"invalid tag {tag!r}: an OCI image ref name must match {REF_GRAMMAR}")
+    return tag
+
+
 def export_oci(driver: Driver, layer_id: str, directory: str | os.PathLike, tag: str | None = None) -> Exported:
     """Write layer ``layer_id`` and its ancestors (by :meth:`Driver.parent`)
     as an image to the OCI layout ``directory`` (made if missing; an existing
@@ -231,8 +246,8 @@ def export_oci(driver: Driver, layer_id: str, directory: str | os.PathLike, tag:
     named by an ``org.opencontainers.image.ref.name`` annotation, replacing
     any image of that name."""
     directory = os.fspath(directory)
-    if tag is not None and not tag:
-        raise ValueError("an empty tag: give a name or none")
+    if tag is not None:
+        check_tag(tag)
     chain = _chain(driver, layer_id)
     blob_dir = os.path.join(directory, "blobs", "sha256")
     os.makedirs(blob_dir, exist_ok=True)
@@ -354,7 +369,7 @@ def _descriptor(obj, what: str, directory: str) -> Descriptor:
     _parse_digest(digest, directory)
     if not isinstance(size, int) or size < 0:
         raise ValueError(f"{directory}: the {what} descriptor ({digest}) has no valid size")
-    return Descriptor(obj.get("mediaType", ""), digest, size)
+    return Descriptor(obj.get("mediaType", ""), cast(str, digest), size)  # a str: _parse_digest checked
 
 
 class _Verifying(io.RawIOBase):
@@ -468,10 +483,10 @@ def _pick_manifest(directory: str, tag: str | None) -> Descriptor:
     return desc
 
 
-def _decompressor(raw: BinaryIO, compression: str | None) -> BinaryIO:
+def _decompressor(raw: io.RawIOBase, compression: str | None) -> BinaryIO:
     buffered = io.BufferedReader(raw, _CHUNK)
     if compression == "gzip":
-        return gzip.GzipFile(fileobj=buffered, mode="rb")
+        return cast(BinaryIO, gzip.GzipFile(fileobj=buffered, mode="rb"))
     if compression == "zstd":
         import zstandard
         return zstandard.ZstdDecompressor().stream_reader(buffered, read_across_frames=True)
@@ -615,6 +630,7 @@ def import_oci(driver: Driver, directory: str | os.PathLike, tag: str | None = N
         finally:
             os.close(fd)
         parent = layer_id
+    assert parent is not None  # there is at least one layer
     return parent
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from btrfsx.errors import OptionError
 from btrfsx.units import human_size, ram_in_bytes
@@ -14,7 +15,7 @@ CHANGES_MODES = ("auto", "native", "naive")
 
 # Go's strings.TrimSpace trims Unicode White_Space; Python's str.strip also
 # takes U+001C..U+001F, which Go keeps.
-_GO_SPACE = "\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+_GO_SPACE = "\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"  # noqa: E501 (one character set)
 
 
 def parse_key_value(option: str) -> tuple[str, str]:
@@ -49,7 +50,7 @@ def parse_driver_options(options: Iterable[str]) -> DriverOptions:
     """Parse ``Driver(options=...)``; keys are case-insensitive."""
     if isinstance(options, str):
         raise OptionError(f"driver options must be a sequence of key=value strings, not the string {options!r}")
-    values: dict = {}
+    values: dict[str, Any] = {}
     for option in options:
         key, value = parse_key_value(option)
         key = key.lower()

@@ -3,8 +3,8 @@ qgroups left behind by removed subvolumes."""
 
 from __future__ import annotations
 
-import errno
 import enum
+import errno
 import logging
 
 from btrfsx import _ioctl

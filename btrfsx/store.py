@@ -35,13 +35,14 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import json
-import stat
 import itertools
+import json
 import os
+import stat
 import threading
 import uuid as _uuid
 import zlib
+from collections.abc import Sequence
 from contextlib import contextmanager
 from typing import NamedTuple
 
@@ -99,11 +100,14 @@ def _mkdir(path: str, mode: int, owner: tuple[int, int] | None) -> None:
 
 
 class GcReport(NamedTuple):
-    """What :meth:`Store.gc` removed."""
+    """What :meth:`Store.gc` removed, and what it found but left alone."""
 
     subvolumes: list[str]   #: leftovers of interrupted creates and removes (staging paths)
     quota_files: list[str]  #: quota files of layers that do not exist
     qgroups: list[str]      #: qgroups of subvolumes that are gone, as "0/N"
+    #: entries of ``subvolumes/`` that are not subvolumes (put there by hand):
+    #: reported, never removed, and not counted by ``bool()``
+    foreign: Sequence[str] = ()
 
     def __bool__(self) -> bool:
         return bool(self.subvolumes or self.quota_files or self.qgroups)
@@ -159,7 +163,9 @@ class Store:
         return stripe
 
     def unlock_id(self, stripe: int) -> None:
-        fcntl.flock(self._stripe_fds[stripe], fcntl.LOCK_UN)
+        fd = self._stripe_fds[stripe]
+        assert fd is not None  # opened by lock_id
+        fcntl.flock(fd, fcntl.LOCK_UN)
         self._stripe_locks[stripe].release()
 
     @contextmanager
@@ -207,7 +213,21 @@ class Store:
                                   self.layer_path(layer_id)) from None
 
     def list_layers(self) -> list[str]:
-        return _listdir(self.subvolumes_fd)
+        """The entries of ``subvolumes/`` that are layers: subvolumes only (a
+        plain directory, symlink or file put there by hand is not one)."""
+        return [name for name in _listdir(self.subvolumes_fd) if self.is_layer(name)]
+
+    def is_layer(self, name: str) -> bool:
+        """Whether ``subvolumes/NAME`` is a subvolume (never following a symlink)."""
+        try:
+            st = os.stat(name, dir_fd=self.subvolumes_fd, follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        return stat.S_ISDIR(st.st_mode) and st.st_ino == _ioctl.FIRST_FREE_OBJECTID
+
+    def foreign_entries(self) -> list[str]:
+        """Paths of the entries of ``subvolumes/`` that are not subvolumes, sorted."""
+        return [self.layer_path(name) for name in sorted(_listdir(self.subvolumes_fd)) if not self.is_layer(name)]
 
     def layer_path(self, layer_id: str) -> str:
         return os.path.join(self.subvolumes_path, layer_id)
@@ -400,7 +420,7 @@ class Store:
 
     def lineage(self) -> dict[str, tuple[str, str]]:
         """``{uuid: (parent uuid, replaced uuid)}`` of layers swapped for a backup."""
-        out = {}
+        out: dict[str, tuple[str, str]] = {}
         try:
             names = os.listdir(self.lineage_path)
         except FileNotFoundError:
@@ -509,7 +529,7 @@ class Store:
             if subvolumes:
                 _ioctl.sync(self.home_fd)  # a destroyed subvolume's root item loses its refs at commit
             self._prune_lineage()
-        return GcReport(subvolumes, quota_files, qgroups)
+        return GcReport(subvolumes, quota_files, qgroups, self.foreign_entries())
 
     def _prune_lineage(self) -> None:
         """Drop lineage records of subvolumes that no longer exist (a layer
@@ -548,9 +568,9 @@ class Store:
                 os.close(fd)
             self._staging.clear()
             self._free_staging.clear()
-        for fd in self._stripe_fds:
-            if fd is not None:
-                os.close(fd)
+        for stripe_fd in self._stripe_fds:
+            if stripe_fd is not None:
+                os.close(stripe_fd)
         if self._quotas_fd is not None:
             os.close(self._quotas_fd)
         for fd in (self._locks_fd, self.staging_root_fd, self.subvolumes_fd, self.home_fd):

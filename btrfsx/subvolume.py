@@ -86,7 +86,7 @@ def destroy(dirfd: int, name: str | bytes, *, path: str | bytes) -> int:
     return count
 
 
-def remove_tree(path: str | bytes, *, destroy_subvolumes: bool = False) -> None:
+def remove_tree(path: str | bytes | os.PathLike[str] | os.PathLike[bytes], *, destroy_subvolumes: bool = False) -> None:
     """Delete a tree file by file, as an unprivileged user can: ``rmdir``
     removes an empty subvolume (kernel 4.18) where SNAP_DESTROY is refused.
     With ``destroy_subvolumes`` (root), subvolumes met on the way, ``path``

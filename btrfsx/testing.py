@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -74,7 +74,7 @@ def _make(request, size: int | None = None, **kwargs) -> Loopback:
 
 
 @pytest.fixture
-def btrfs_fs(request, btrfs_available) -> Loopback:
+def btrfs_fs(request, btrfs_available) -> Iterator[Loopback]:
     """A fresh, empty btrfs filesystem for this test alone."""
     fs = _make(request)
     try:
@@ -84,7 +84,7 @@ def btrfs_fs(request, btrfs_available) -> Loopback:
 
 
 @pytest.fixture(scope="session")
-def btrfs_session_fs(request, btrfs_available) -> Loopback:
+def btrfs_session_fs(request, btrfs_available) -> Iterator[Loopback]:
     """One btrfs filesystem shared by the session (use ``btrfs_dir`` in tests)."""
     fs = _make(request)
     try:
@@ -94,7 +94,7 @@ def btrfs_session_fs(request, btrfs_available) -> Loopback:
 
 
 @pytest.fixture
-def btrfs_dir(request, btrfs_session_fs) -> Path:
+def btrfs_dir(request, btrfs_session_fs) -> Iterator[Path]:
     """An empty directory of this test's own on the session's btrfs filesystem."""
     path = Path(tempfile.mkdtemp(prefix=f"{request.node.name[:60]}-", dir=btrfs_session_fs.mountpoint))
     try:
@@ -167,7 +167,7 @@ def add_nested(root: str | os.PathLike, layout: Sequence[str] = NESTED_LAYOUT) -
     return made
 
 
-def walk_nested(root: str | os.PathLike) -> list[str]:
+def walk_nested(root: str | os.PathLike[str]) -> list[str]:
     """Nested subvolumes found as the original Go driver finds them: walk the
     layer, lstat every directory below the root, inode 256 is a subvolume."""
     found = []
@@ -181,7 +181,7 @@ def walk_nested(root: str | os.PathLike) -> list[str]:
 
 
 @pytest.fixture
-def non_btrfs_dir(tmp_path) -> Path:
+def non_btrfs_dir(tmp_path) -> Iterator[Path]:
     """A directory on a filesystem other than btrfs (tmpfs if need be)."""
     if _ioctl.fs_magic(tmp_path) != _ioctl.SUPER_MAGIC:
         yield tmp_path

@@ -47,6 +47,6 @@ fi
 # Rebuild when the Cython sources are newer than the compiled module.
 so=$(ls -t btrfsx/_ioctl*.so btrfsx/archive/_tar*.so 2>/dev/null | tail -n1 || true)
 if [ -z "$so" ] || [ -n "$(find btrfsx -name '*.pyx' -newer "$so" -o -name '*.pxd' -newer "$so" -o -name '*.h' -newer "$so")" ] \
-   || ! .venv/bin/python -c 'import btrfsx._ioctl, btrfsx.archive._tar, zstandard, rich, hypothesis, pytest, pytest_benchmark' 2>/dev/null; then
+   || ! .venv/bin/python -c 'import btrfsx._ioctl, btrfsx.archive._tar, zstandard, rich, hypothesis, pytest, pytest_benchmark, mypy, ruff' 2>/dev/null; then
   .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[cli,test]'
 fi

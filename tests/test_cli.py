@@ -15,7 +15,7 @@ from tests_support import attached_images
 
 COMMANDS = ["create", "rm", "path", "exists", "status", "ls", "changes", "diff", "apply", "diff-size", "gc",
             "export-oci", "import-oci",
-            "demo", "loopback"]
+            "demo", "loopback", "quota"]
 
 
 @pytest.fixture
@@ -27,9 +27,10 @@ def state(tmp_path, btrfs_available):
                    env={**os.environ, "BTRFSX_STATE_DIR": str(path)}, capture_output=True)
 
 
-def run(*args, home=None, state=None, input=None, check=True):
-    env = {k: v for k, v in os.environ.items() if k not in ("BTRFSX_HOME", "BTRFSX_STATE_DIR")}
+def run(*args, home=None, state=None, input=None, check=True, env_extra=None):
+    env = {k: v for k, v in os.environ.items() if k not in ("BTRFSX_HOME", "BTRFSX_STATE_DIR", "BTRFSX_OPTIONS")}
     env["BTRFSX_LOOPBACK_SIZE"] = str(1 << 30)
+    env.update(env_extra or {})
     if state is not None:
         env["BTRFSX_STATE_DIR"] = str(state)
     argv = [sys.executable, "-m", "btrfsx", *args]
@@ -50,7 +51,7 @@ def run_json(*args, **kwargs):
 def test_embedded_store_is_made_reused_and_destroyed(state):
     before = attached_images()
     status = run_json("status", state=state)
-    assert status["Layers"] == "0"
+    assert status["Layers"] == 0
     info = run_json("loopback", "status", state=state)
     assert info["exists"] and info["mounted"]
     assert info["image"] == str(state / "btrfs.img")
@@ -102,7 +103,7 @@ def test_create_ls_path_exists_rm(home):
     assert run_json("rm", "rw", "app", home=home) == {"removed": ["rw", "app"]}
     assert [layer["id"] for layer in run_json("ls", home=home)] == ["base"]
     status = run_json("status", home=home)
-    assert status["Layers"] == "1" and status["Quota Mode"] in ("simple", "qgroups")
+    assert status["Layers"] == 1 and status["Quota Mode"] in ("simple", "qgroups")
 
 
 def test_changes_diff_apply_diff_size(home, tmp_path):
@@ -204,6 +205,210 @@ def test_bad_usage_exits_2():
 def test_every_command_has_help_with_an_example(command):
     out = run(command, "--help").stdout.decode()
     assert "example:" in out and "--home" in out
+
+
+def test_the_command_list_is_complete():
+    """COMMANDS (and scripts/check-install.sh) must know every command the parser has."""
+    from btrfsx.cli import build_parser
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    assert sorted(sub.choices) == sorted(COMMANDS)
+
+
+def test_top_level_help_lists_the_global_options():
+    out = run("--help").stdout.decode()
+    for option in ("--home", "--json", "--debug", "-o KEY=VALUE, --option KEY=VALUE"):
+        assert option in out
+    assert "BTRFSX_OPTIONS" in out
+
+
+def test_an_unknown_option_shows_the_command_usage():
+    proc = run("ls", "--bogus", check=False)
+    err = proc.stderr.decode()
+    assert proc.returncode == 2
+    assert err.startswith("usage: btrfsx ls ") and "btrfsx ls: error: unrecognized arguments: --bogus" in err
+    nested = run("quota", "disable", "--bogus", check=False).stderr.decode()
+    assert "usage: btrfsx quota disable " in nested and "unrecognized arguments: --bogus" in nested
+
+
+def test_a_missing_module_is_one_line_naming_it_and_the_install_command(tmp_path):
+    # rich made unimportable: a None entry in sys.modules raises ImportError(name="rich")
+    (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['rich'] = None\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "btrfsx", "loopback", "status"], capture_output=True, env=env)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert err.startswith("btrfsx: ") and "'rich'" in err and "pip install 'rich>=13'" in err
+
+
+def test_rich_is_a_core_dependency():
+    import tomllib
+    with open(os.path.join(os.path.dirname(__file__), "..", "pyproject.toml"), "rb") as f:
+        project = tomllib.load(f)["project"]
+    assert any(d.replace(" ", "").startswith("rich>=13") for d in project["dependencies"])
+    assert "cli" in project["optional-dependencies"]  # btrfsx[cli] still installs
+
+
+# ---------------------------------------------------------------- conventions (issue #14)
+
+def test_rm_checks_every_id_first_and_removes_none_if_one_is_missing(home):
+    for layer in ("x1", "x2"):
+        run("create", layer, home=home)
+    proc = run("rm", "x1", "nosuch", "x2", "ghost", home=home, check=False)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1
+    assert len(err.strip().splitlines()) == 1 and err.startswith("btrfsx: ")
+    assert "layer 'nosuch' does not exist" in err and "layer 'ghost' does not exist" in err
+    assert "nothing removed" in err and "'x1'" not in err
+    assert [layer["id"] for layer in run_json("ls", home=home)] == ["x1", "x2"]
+    assert "all or none" in run("rm", "--help").stdout.decode()
+
+
+def test_rm_refuses_a_parent_with_children_unless_forced_or_removed_with_it(home):
+    run("create", "base", home=home)
+    run("create", "c1", "--parent", "base", home=home)
+    run("create", "c2", "--parent", "base", home=home)
+    run("create", "g1", "--parent", "c1", home=home)
+    proc = run("rm", "base", home=home, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.decode().strip() == \
+        "btrfsx: layer 'base' has children 'c1', 'c2'; remove them too or use --force"
+    proc = run("rm", "base", "c2", home=home, check=False)  # c1 is still a child
+    assert proc.returncode == 1 and "layer 'base' has children 'c1';" in proc.stderr.decode()
+    assert {layer["id"] for layer in run_json("ls", home=home)} == {"base", "c1", "c2", "g1"}
+    # a parent with all its descendants: children go first, whatever the order given
+    assert run_json("rm", "c1", "base", "g1", "c2", home=home) == {"removed": ["g1", "c1", "c2", "base"]}
+    assert run_json("ls", home=home) == []
+    run("create", "base", home=home)
+    run("create", "child", "--parent", "base", home=home)
+    assert run_json("rm", "base", "--force", home=home) == {"removed": ["base"]}
+    assert [(layer["id"], layer["parent"]) for layer in run_json("ls", home=home)] == [("child", None)]
+
+
+def test_driver_options_from_the_environment_and_the_command_line(home):
+    env = {"BTRFSX_OPTIONS": "btrfs.min_space=100m"}
+    proc = run("create", "bad", "--size=10m", home=home, check=False, env_extra=env)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and "'bad'" in err and len(err.strip().splitlines()) == 1
+    assert run("exists", "bad", home=home, check=False).returncode == 1
+    # the command line comes after the environment: it overrides it, before and after the command
+    run("-o", "btrfs.min_space=1m", "create", "ok1", "--size=10m", home=home, env_extra=env)
+    run("create", "ok2", "--size=10m", "--option", "btrfs.min_space=1m", home=home, env_extra=env)
+    status = run_json("status", "-o", "btrfs.min_space=2m", home=home,
+                      env_extra={"BTRFSX_OPTIONS": " btrfs.min_space=100m,btrfs.size=1g ,"})
+    assert status["Min Space"] == 2 << 20 and status["Default Size"] == 1 << 30
+    # diff keeps -o for --output; --option works there
+    out = run("diff", "ok1", "--option", "btrfsx.changes=naive", "--parent", "", home=home).stdout
+    assert tarfile.open(fileobj=io.BytesIO(out)) is not None
+    bad = run("ls", home=home, check=False, env_extra={"BTRFSX_OPTIONS": "btrfs.nonsense=1"})
+    assert bad.returncode == 1 and bad.stderr.decode().strip() == "btrfsx: Unknown option btrfs.nonsense"
+
+
+def test_an_empty_size_is_refused_not_ignored(home):
+    proc = run("create", "x", "--size", "", home=home, check=False)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and "invalid size: ''" in err and "Traceback" not in err
+    assert run("exists", "x", home=home, check=False).returncode == 1
+
+
+def test_status_json_has_numbers(home):
+    run("create", "base", home=home)
+    status = run_json("status", home=home)
+    assert status["Layers"] == 1 and status["Min Space"] is None and status["Default Size"] is None
+    sized = run_json("status", "-o", "btrfs.min_space=10m", "-o", "btrfs.size=1g", home=home)
+    assert sized["Min Space"] == 10 << 20 and sized["Default Size"] == 1 << 30
+    assert isinstance(sized["Filesystem UUID"], str) and sized["Driver"].startswith("btrfsx ")
+    table = run("status", home=home).stdout.decode()
+    assert "Layers" in table and "Min Space" in table
+
+
+def test_export_oci_refuses_a_tag_outside_the_ref_grammar(home, tmp_path):
+    run("create", "base", home=home)
+    proc = run("export-oci", "base", str(tmp_path / "image"), "--tag", "bad tag!", home=home, check=False)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and len(err.strip().splitlines()) == 1
+    assert "invalid tag 'bad tag!'" in err and "component" in err and "Traceback" not in err
+    assert not (tmp_path / "image").exists()  # nothing written
+    run("export-oci", "base", str(tmp_path / "image"), "--tag", "registry.example/app:v1.0--rc1", home=home)
+
+
+def test_plain_directories_and_symlinks_in_subvolumes_are_not_layers(home):
+    run("create", "base", home=home)
+    (home / "subvolumes" / "plain").mkdir()
+    (home / "subvolumes" / "link").symlink_to("base")
+    assert [layer["id"] for layer in run_json("ls", home=home)] == ["base"]
+    assert run_json("status", home=home)["Layers"] == 1
+    assert run("exists", "plain", home=home, check=False).returncode == 1
+    assert run("exists", "link", home=home, check=False).returncode == 1
+    report = run_json("gc", home=home)
+    assert report["foreign"] == [str(home / "subvolumes" / "link"), str(home / "subvolumes" / "plain")]
+    out = run("gc", home=home).stdout.decode()
+    assert f"foreign entry, not a layer (left alone): {home / 'subvolumes' / 'plain'}" in out
+    assert "nothing to collect" not in out
+    assert (home / "subvolumes" / "plain").is_dir() and (home / "subvolumes" / "link").is_symlink()
+    proc = run("rm", "plain", home=home, check=False)
+    assert proc.returncode == 1 and "'plain' is not a btrfs subvolume" in proc.stderr.decode()
+    # the library agrees with the command
+    from btrfsx import Driver
+    d = Driver(home)
+    try:
+        assert d.layers() == ["base"] and not d.exists("plain") and not d.exists("link")
+        assert [i.id for i in d.layer_infos()] == ["base"]
+        assert d.layer_infos(["plain", "link", "base"])[0].id == "base" and len(d.layer_infos(["plain"])) == 0
+        assert dict(d.status())["Layers"] == "1" and d.status_info()["Layers"] == 1
+        report = d.gc()
+        assert list(report.foreign) == [str(home / "subvolumes" / "link"), str(home / "subvolumes" / "plain")]
+        assert not report  # foreign entries are reported, not collected
+        assert report.subvolumes == [] and report[:3] == ([], [], report.qgroups)  # positions kept
+    finally:
+        d.close()
+    assert (home / "subvolumes" / "plain").is_dir() and (home / "subvolumes" / "link").is_symlink()
+
+
+def test_interrupted_message():
+    from btrfsx import cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+    parser = cli.build_parser
+    try:
+        cli.build_parser = lambda: _with_func(parser(), interrupted)
+        import contextlib
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            assert cli.main(["gc", "--home", "/nonexistent"]) == 130
+    finally:
+        cli.build_parser = parser
+    assert err.getvalue() == "btrfsx: interrupted; run 'btrfsx gc' to collect what was left\n"
+
+
+def _with_func(parser, func):
+    parser.set_defaults(func=func)
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    for p in sub.choices.values():
+        p.set_defaults(func=func)
+    return parser
+
+
+def _has_disable_quotas() -> bool:
+    from btrfsx import Driver
+    return hasattr(Driver, "disable_quotas")
+
+
+@pytest.mark.skipif(not _has_disable_quotas(),
+                    reason="Driver.disable_quotas is not in btrfsx/driver.py yet (another change adds it)")
+def test_quota_disable(home):
+    run("create", "base", home=home)
+    run("create", "sized", "--parent", "base", "--size", "10M", home=home)
+    proc = run("quota", "disable", home=home, check=False)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and len(err.strip().splitlines()) == 1 and "'sized'" in err
+    assert "Traceback" not in err
+    assert run_json("status", home=home)["Quota Mode"] != "off"
+    assert run_json("quota", "disable", "--force", home=home) == {"action": "disable", "disabled": True}
+    assert run_json("status", home=home)["Quota Mode"] == "off"
+    assert "quotas were already off" in run("quota", "disable", home=home).stdout.decode()
 
 
 def test_version():

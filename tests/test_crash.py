@@ -158,10 +158,12 @@ if point:
         return os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).startswith("applying")
 
     {
-        "create+size: quota file written, not published": lambda: hook(_store.Store, "publish", ("create",), when=sized),
+        "create+size: quota file written, not published":
+            lambda: hook(_store.Store, "publish", ("create",), when=sized),
         "snapshot+size: before the snapshot ioctl": lambda: hook(_io, "snapshot", ("snapshot",), when=sized),
         "remove: subvolume destroyed, quota file not removed": lambda: hook(_store.Store, "remove_quota", ("remove",)),
-        "apply_diff: backup's lineage recorded, no applying mark": lambda: hook(_store.Store, "record_lineage", ("apply",), after=True),
+        "apply_diff: backup's lineage recorded, no applying mark":
+            lambda: hook(_store.Store, "record_lineage", ("apply",), after=True),
         "apply_diff: applying mark created, not written": lambda: hook(os, "write", ("apply",), when=the_mark),
         "apply_diff: midway through the tar": lambda: hook(_apply._Applier, "apply", ("apply",), when=nth_entry),
         "apply_diff: whole diff applied, not committed": lambda: hook(_store.Store, "commit_apply", ("apply",)),
@@ -263,7 +265,7 @@ class Stats:
     repairs: int = 0              # stores the harness had to repair by hand after gc raised
     seconds: float = 0.0
 
-    def merge(self, other: "Stats") -> None:
+    def merge(self, other: Stats) -> None:
         for name, value in vars(other).items():
             if isinstance(value, collections.Counter):
                 getattr(self, name).update(value)
@@ -403,7 +405,8 @@ class Harness:
         infos = {info.id: info for info in d.layer_infos()}
         seen: dict = {}
         # a parent whose in-flight remove happened is gone for its children too
-        removing = inflight["id"] if inflight and inflight["kind"] == "remove" and not d.exists(inflight["id"]) else None
+        removing = (inflight["id"] if inflight and inflight["kind"] == "remove" and not d.exists(inflight["id"])
+                    else None)
         for lid in IDS:
             model = self.model.get(lid)
             exists = d.exists(lid)
@@ -701,7 +704,7 @@ class Harness:
         marker is made before the apply touches the layer, so the layer is as
         it was; gc then takes the rest.  Any other error is raised."""
         staging = self.home / ".btrfsx" / "staging"
-        for attempt in range(3):
+        for _attempt in range(3):
             try:
                 return d.gc()
             except Exception as e:

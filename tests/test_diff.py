@@ -27,8 +27,7 @@ from types import SimpleNamespace
 import pytest
 import zstandard
 
-from btrfsx import ArchiveError, Change, ChangeKind, Driver, IDMap, UnsafeArchiveError
-from btrfsx import _ioctl
+from btrfsx import ArchiveError, Change, ChangeKind, Driver, IDMap, UnsafeArchiveError, _ioctl
 from btrfsx.loopback import Loopback
 
 ADD, MODIFY, DELETE = ChangeKind.ADD, ChangeKind.MODIFY, ChangeKind.DELETE
@@ -1109,7 +1108,8 @@ def test_a_file_that_shrinks_while_exported_is_padded_to_its_header(driver, size
     """The header promised the size the walk saw; a file truncated since is
     padded with zeros to it (as GNU tar does), so the stream stays a valid
     tar and the entries after it are intact."""
-    from btrfsx.archive import changes as walk, export_changes
+    from btrfsx.archive import changes as walk
+    from btrfsx.archive import export_changes
     d = driver
     d.create("S")
     root = d.get("S")

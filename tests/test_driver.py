@@ -12,8 +12,7 @@ import threading
 
 import pytest
 
-from btrfsx import CreateOpts, Driver, IDMap, MountOpts, OptionError, PrerequisitesError, QuotaMode
-from btrfsx import _ioctl, quota
+from btrfsx import CreateOpts, Driver, IDMap, MountOpts, OptionError, PrerequisitesError, QuotaMode, _ioctl, quota
 from btrfsx.mounts import is_mountpoint
 
 BAD_IDS = ["", ".", "..", "a/b", "a\0b", "x" * 256]

@@ -3,9 +3,9 @@
 import errno
 import os
 import stat
-import uuid
 import subprocess
 import threading
+import uuid
 from pathlib import Path
 
 import pytest

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from btrfsx import _ioctl
-from btrfsx.loopback import Loopback, LoopbackError, sweep_stale, IMAGE_PREFIX
+from btrfsx.loopback import IMAGE_PREFIX, Loopback, LoopbackError, sweep_stale
 from tests_support import attached_images, mounted_targets
 
 

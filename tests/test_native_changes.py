@@ -248,7 +248,8 @@ class Tree:
 
     def m_create_odd_name(self) -> bool:
         """A name with a space, a newline, non-ASCII or bytes that are not UTF-8."""
-        name = self.rng.choice(["sp ace", "new\nline", "ü-umlaut", os.fsdecode(b"\xff\xfe-not-utf8"), "-dash", "z" * 255])
+        name = self.rng.choice(["sp ace", "new\nline", "ü-umlaut", os.fsdecode(b"\xff\xfe-not-utf8"), "-dash",
+                                "z" * 255])
         f = f"{self.rng.choice(self.dirs())}/{name}"
         if os.path.lexists(self.p(f)):
             return False

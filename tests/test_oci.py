@@ -23,8 +23,20 @@ import pytest
 import zstandard
 
 from btrfsx import ArchiveError, Driver
-from btrfsx.oci import (gc_markers, MEDIA_TYPE_CONFIG, MEDIA_TYPE_INDEX, MEDIA_TYPE_LAYER, MEDIA_TYPE_LAYER_GZIP,
-                        MEDIA_TYPE_LAYER_ZSTD, MEDIA_TYPE_MANIFEST, REF_NAME, chain_ids, export_oci, import_oci)
+from btrfsx.oci import (
+    MEDIA_TYPE_CONFIG,
+    MEDIA_TYPE_INDEX,
+    MEDIA_TYPE_LAYER,
+    MEDIA_TYPE_LAYER_GZIP,
+    MEDIA_TYPE_LAYER_ZSTD,
+    MEDIA_TYPE_MANIFEST,
+    REF_NAME,
+    chain_ids,
+    check_tag,
+    export_oci,
+    gc_markers,
+    import_oci,
+)
 
 MiB = 1 << 20
 
@@ -598,3 +610,26 @@ def test_export_and_import_commands(src, dst, chain, tmp_path):
     for command in ("export-oci", "import-oci"):
         out = btrfsx(command, "--help", home=src_home).stdout.decode()
         assert "example:" in out and "--tag" in out
+
+
+# ---------------------------------------------------------------- tags (issue #14)
+
+@pytest.mark.parametrize("tag", ["v1", "1.0", "latest", "a--b", "registry.example/app:v1", "a@b+c_d",
+                                 "library/ubuntu/22.04", "A-Z.0"])
+def test_tags_of_the_ref_name_grammar_are_accepted(tag):
+    assert check_tag(tag) == tag
+
+
+@pytest.mark.parametrize("tag", ["", "bad tag!", "-v1", "v1-", "a---b", "a//b", "/a", "a/", "a..b", "v1\n",
+                                 "caf\u00e9", "a b", "a!"])
+def test_tags_outside_the_ref_name_grammar_are_refused(tag):
+    with pytest.raises(ValueError) as e:
+        check_tag(tag)
+    assert repr(tag) in str(e.value) and "separator ::= [-._:@+]" in str(e.value)
+
+
+def test_export_with_a_bad_tag_writes_nothing(driver, tmp_path):
+    driver.create("base")
+    with pytest.raises(ValueError, match="invalid tag 'bad tag!'"):
+        export_oci(driver, "base", tmp_path / "image", tag="bad tag!")
+    assert not (tmp_path / "image").exists()

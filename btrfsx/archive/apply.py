@@ -20,7 +20,7 @@ import stat
 import zlib
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import BinaryIO
+from typing import BinaryIO, Literal, cast, overload
 
 from btrfsx import _ioctl
 from btrfsx.archive.export import WHITEOUT_PREFIX
@@ -73,7 +73,7 @@ def decompressed(stream: BinaryIO) -> BinaryIO:
         head += more
     raw = io.BufferedReader(_Prefixed(head, stream), _CHUNK)
     if head.startswith(_GZIP_MAGIC):
-        return gzip.GzipFile(fileobj=raw, mode="rb")
+        return cast(BinaryIO, gzip.GzipFile(fileobj=raw, mode="rb"))
     if head.startswith(_ZSTD_MAGIC):
         import zstandard
         return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
@@ -131,6 +131,11 @@ class _Applier:
         self._fds: OrderedDict[str, int] = OrderedDict()  # open parent directories, LRU
 
     # ------------------------------------------------------------ directories
+
+    @overload
+    def parent_fd(self, rel: str, create: Literal[True] = True) -> int: ...
+    @overload
+    def parent_fd(self, rel: str, create: bool) -> int | None: ...
 
     def parent_fd(self, rel: str, create: bool = True) -> int | None:
         """An O_PATH fd of directory ``rel`` (relative to the root), resolved
@@ -336,9 +341,9 @@ class _Applier:
         if prune:
             for key in os.listxattr(fd):
                 if key not in wanted and key != "security.selinux":
-                    _setxattr(lambda: os.removexattr(fd, key), key, info.name)
+                    _setxattr(lambda: os.removexattr(fd, key), key, info.name)  # noqa: B023 (called at once)
         for key, value in wanted.items():
-            _setxattr(lambda: os.setxattr(fd, key, value), key, info.name)
+            _setxattr(lambda: os.setxattr(fd, key, value), key, info.name)  # noqa: B023 (called at once)
         ns = _mtime_ns(info)
         os.utime(fd, ns=(ns, ns))
 
@@ -351,7 +356,8 @@ class _Applier:
         proc = f"/proc/self/fd/{pfd}/{base}"
         if info.pax_headers:
             for key, value in self._xattrs(info):
-                _setxattr(lambda: os.setxattr(proc, key, value, follow_symlinks=False), key, info.name)
+                _setxattr(lambda: os.setxattr(proc, key, value, follow_symlinks=False),  # noqa: B023 (called at once)
+                          key, info.name)
         ns = _mtime_ns(info)
         os.utime(base, ns=(ns, ns), dir_fd=pfd, follow_symlinks=False)
 

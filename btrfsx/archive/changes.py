@@ -9,13 +9,12 @@ import stat
 import sys
 from typing import NamedTuple
 
-
 # os.fsencode/os.fsdecode, without their Python calls: a whole-layer walk
 # makes one of each per entry
 _FS_ENCODING = sys.getfilesystemencoding()
 
 
-def path_key(change: "Change") -> bytes:
+def path_key(change: Change) -> bytes:
     """The sort key of a change: its path as bytes (as the kernel orders names)."""
     return change.path.encode(_FS_ENCODING, "surrogateescape")
 

@@ -14,7 +14,8 @@ import os
 import stat
 import sys
 import tarfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
+from typing import cast
 
 from btrfsx.archive._tar import encode_header
 from btrfsx.archive.changes import Change, ChangeKind
@@ -41,7 +42,7 @@ def _header(info: tarfile.TarInfo) -> bytes:
     the entry's time; ``info.mtime`` otherwise.
     """
     pax = info.pax_headers
-    mtime_ns = info.mtime * 1_000_000_000
+    mtime_ns = int(info.mtime * 1_000_000_000)
     if "mtime" in pax:
         sec, _, frac = pax["mtime"].partition(".")
         mtime_ns = int(sec) * 1_000_000_000 + int((frac + "0" * 9)[:9])
@@ -55,6 +56,7 @@ class _Exporter:
     def __init__(self, root: bytes, uid_maps: Sequence[IDMap] | None, gid_maps: Sequence[IDMap] | None,
                  xattr_inodes: tuple[int, frozenset[int]] | None = None):
         self.root = root
+        self.xattr_dev: int | None
         self.xattr_dev, self.xattr_inodes = xattr_inodes or (None, frozenset())
         self.uid_maps = uid_maps
         self.gid_maps = gid_maps
@@ -160,7 +162,8 @@ class _Exporter:
 _FS_ENCODING = sys.getfilesystemencoding()
 
 
-def _stream(root: bytes, found: Iterable[Change], uid_maps, gid_maps, stats, xattr_inodes) -> Iterator[bytes]:
+def _stream(root: bytes, found: Iterable[Change], uid_maps, gid_maps, stats,
+            xattr_inodes) -> Generator[bytes, None, None]:
     exporter = _Exporter(root, uid_maps, gid_maps, xattr_inodes)
     delete = ChangeKind.DELETE
     for change in found:
@@ -175,14 +178,14 @@ def _stream(root: bytes, found: Iterable[Change], uid_maps, gid_maps, stats, xat
         if type(piece) is bytes:
             yield piece
         elif piece is not None:
-            yield from piece
+            yield from cast("Iterator[bytes]", piece)  # not bytes: entry() makes exact bytes
     yield bytes(2 * _BLOCK)
 
 
 class TarStream(io.RawIOBase):
     """A readable binary stream of tar bytes produced on demand."""
 
-    def __init__(self, chunks: Iterator[bytes]):
+    def __init__(self, chunks: Generator[bytes, None, None]):
         self._chunks = chunks
         self._buffer = memoryview(b"")
 

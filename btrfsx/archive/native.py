@@ -75,7 +75,7 @@ class _Tree:
             else:
                 self.entries.add(item.objectid)
 
-    def changed_since(self, other: "_Tree") -> dict[int, int]:
+    def changed_since(self, other: _Tree) -> dict[int, int]:
         """The inodes of this tree that may differ from the snapshot, with
         their modes.  An inode item is rewritten for an atime update too
         (relatime: on the first read after a change), which is no change:

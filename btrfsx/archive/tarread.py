@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 import struct
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import Any, BinaryIO, cast
 
 from btrfsx.errors import ArchiveError
 
@@ -110,6 +110,25 @@ class Member:
 
     __slots__ = ("name", "type", "mode", "uid", "gid", "size", "mtime", "linkname", "uname", "gname",
                  "devmajor", "devminor", "pax_headers", "sparse", "offset", "offset_data", "next_offset")
+    name: str
+    type: bytes
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    mtime: float  # an int from the header, a float from a PAX record
+    linkname: str
+    uname: str
+    gname: str
+    devmajor: int
+    devminor: int
+    pax_headers: dict[str, str]
+    # a sparse file's (offset, numbytes) data runs, else None; an old GNU
+    # sparse header holds (runs, extended, realsize) here until _proc_sparse
+    sparse: list[tuple[int, int]] | None
+    offset: int
+    offset_data: int
+    next_offset: int
 
     def isreg(self) -> bool:
         return self.type in REGULAR_TYPES
@@ -289,7 +308,7 @@ class TarReader:
     def _old_sparse_structs(self, m: Member, block: bytes) -> None:
         try:
             structs = [(_num(block[p:p + 12]), _num(block[p + 12:p + 24])) for p in range(386, 482, 24)]
-            m.sparse = (structs, bool(block[482]), _num(block[483:495]))
+            m.sparse = (structs, bool(block[482]), _num(block[483:495]))  # type: ignore[assignment]  # see Member
         except _Corrupt as e:
             raise ArchiveError(f"cannot read the layer tarball: GNU sparse member {m.name!r}: {e}") from None
 
@@ -338,7 +357,7 @@ class TarReader:
         """tarfile's TarInfo.fromtarfile: extension headers (GNU long names,
         PAX) are read up to the member they describe, then applied innermost
         first, so that where two give the same field the outer one wins."""
-        chain: list[tuple] = []
+        chain: list[tuple[bytes, Any, Any]] = []  # (type, name or PAX records, PAX data or None)
         h = None
         while True:
             h = self._header(h)
@@ -426,7 +445,7 @@ class TarReader:
     def _proc_sparse(self, m: Member) -> None:
         """An old GNU sparse member ('S'): its map in the header and in
         extension blocks after it (tarfile's _proc_sparse)."""
-        structs, extended, realsize = m.sparse
+        structs, extended, realsize = cast("tuple[list[tuple[int, int]], bool, int]", m.sparse)
         while extended:
             block = self._read(BLOCK)
             if len(block) < BLOCK:
@@ -519,7 +538,8 @@ class TarReader:
     def _sparse_chunks(self, m: Member, size: int) -> Iterator[memoryview | bytes]:
         """tarfile's _FileInFile over a sparse map: data runs from the
         archive, holes as zeros, in file order."""
-        runs = []
+        assert m.sparse is not None  # chunks() calls this for sparse members only
+        runs: list[tuple[bool, int, int, int | None]] = []
         last, real = 0, m.offset_data
         for offset, numbytes in m.sparse:
             if offset > last:
@@ -532,7 +552,7 @@ class TarReader:
         position, index = 0, 0
         while position < m.size:
             for _ in range(len(runs)):
-                is_data, start, stop, real = runs[index]
+                is_data, start, stop, source = runs[index]
                 if start <= position < stop:
                     break
                 index = (index + 1) % len(runs)
@@ -541,7 +561,8 @@ class TarReader:
                                    f"does not cover byte {position}")
             n = min(size, stop - position, m.size - position)
             if is_data:
-                self._seek(real + position - start, f"the data of {m.name!r}")
+                assert source is not None
+                self._seek(source + position - start, f"the data of {m.name!r}")
                 data = self._read(n)
                 if len(data) < n:
                     raise ArchiveError(f"cannot read the layer tarball: the stream ends inside {m.name!r}")
