@@ -112,6 +112,10 @@ class _Lineage:
             parent_uuid = self.replaced_by[parent_uuid]
 
 
+# how often a limit is retried while quotas keep being turned off under it
+_LIMIT_ATTEMPTS = 5
+
+
 class Driver:
     """Layers as btrfs subvolumes under ``home``, as containers/storage keeps them.
 
@@ -142,6 +146,7 @@ class Driver:
         self._quota_mode: QuotaMode | None = None
         self._inflight = 0
         self._inflight_lock = threading.Lock()
+        self._quota_lock = threading.Lock()
         if self.options.wants_quota:
             self._ensure_quota()
 
@@ -167,10 +172,68 @@ class Driver:
             os.close(fd)
         return bound
 
-    def _ensure_quota(self) -> QuotaMode:
-        if self._quota_mode is None or self._quota_mode is QuotaMode.OFF:
-            self._quota_mode = quota.enable(self._store.home_fd, self.options.quota_mode)
-        return self._quota_mode
+    def _ensure_quota(self, known_off: bool = False) -> QuotaMode:
+        """The quota mode in force, turning quotas on when they are off
+        (``known_off``: a qgroup ioctl said so, see :func:`quota.enable`).
+
+        Read afresh on every call: another driver or program on the
+        filesystem may have turned quotas off since (which drops every
+        qgroup limit), or back on in another mode.  Turning them on again
+        re-applies the limits this store's quota files record.
+        """
+        fd = self._store.home_fd
+        current = QuotaMode.OFF if known_off else quota.mode(fd)
+        if current is QuotaMode.OFF:
+            with self._quota_lock:
+                current = QuotaMode.OFF if known_off else quota.mode(fd)
+                if current is QuotaMode.OFF:
+                    quota.enable(fd, self.options.quota_mode, known_off=known_off)
+                    # another process may have enabled them first, in its mode
+                    current = quota.mode(fd)
+                    self._reapply_limits(current)
+        self._quota_mode = current
+        return current
+
+    def _reapply_limits(self, mode: QuotaMode) -> None:
+        """Set every sized layer's limit again, after quotas were turned on."""
+        sized = self._store.sized_layers()
+        if not sized:
+            return
+        log.warning("quotas on the filesystem of %s were off (turned off by another driver or program?): "
+                    "turned on again (%s) and the size limits of %d layers re-applied%s", self.home, mode,
+                    len(sized), "; simple quotas count only the data written from now on against them"
+                    if mode is QuotaMode.SIMPLE else "")
+        for layer_id, size in sized.items():
+            try:
+                fd = os.open(layer_id, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=self._store.subvolumes_fd)
+            except FileNotFoundError:
+                continue  # removed meanwhile
+            try:
+                _ioctl.qgroup_limit(fd, 0, max_referenced=size)
+            except OSError as e:
+                log.warning("layer %r: cannot re-apply its size limit of %d bytes: %s", layer_id, size, e.strerror)
+            finally:
+                os.close(fd)
+
+    def _limit(self, fd: int, layer_id: str, size: int) -> None:
+        """QGROUP_LIMIT of the layer open at ``fd``, surviving quotas turned
+        off (ENOTCONN) or its qgroup gone (ENOENT) since the mode was read:
+        each time they are turned on again and the limit retried."""
+        for attempt in range(_LIMIT_ATTEMPTS):
+            try:
+                _ioctl.qgroup_limit(fd, 0, max_referenced=size)
+                return
+            except OSError as e:
+                if e.errno not in (errno.ENOTCONN, errno.ENOENT) or attempt == _LIMIT_ATTEMPTS - 1:
+                    raise OSError(e.errno, f"layer {layer_id!r}: cannot apply its size limit: {e.strerror}",
+                                  self._store.layer_path(layer_id)) from None
+                missing_qgroup = e.errno == errno.ENOENT
+            self._ensure_quota(known_off=not missing_qgroup)
+            if missing_qgroup:
+                try:
+                    _ioctl.qgroup_create(fd, _ioctl.subvolume_id(fd))
+                except FileExistsError:
+                    pass
 
     def _quota_on(self) -> bool:
         if self._quota_mode is None:
@@ -240,6 +303,12 @@ class Driver:
             finally:
                 with self._inflight_lock:
                     self._inflight -= 1
+            # A limit passed with SUBVOL_CREATE or SNAP_CREATE is dropped
+            # without an error when quotas are off (Linux 6.x): turned off
+            # since the mode was read, they are turned on again, which
+            # re-applies this layer's limit with the others.
+            if size is not None and quota.mode(store.home_fd) is QuotaMode.OFF:
+                self._ensure_quota()
         finally:
             if stripe is not None:
                 store.unlock_id(stripe)
@@ -340,7 +409,7 @@ class Driver:
         if limit is not None:
             lfd = os.open(layer_id, _DIR_FLAGS, dir_fd=sfd)
             try:
-                _ioctl.qgroup_limit(lfd, 0, max_referenced=limit)
+                self._limit(lfd, layer_id, limit)
             finally:
                 os.close(lfd)
         if self._root != (0, 0):
@@ -410,10 +479,12 @@ class Driver:
         self._check_layer(id)
         size = store.read_quota(id)
         if size is not None and size >= self.options.min_space:
-            self._ensure_quota()
+            if self._quota_mode is None or self._quota_mode is QuotaMode.OFF:
+                self._ensure_quota()
+            # quotas turned off since are found by the limit's ENOTCONN
             fd = os.open(id, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=store.subvolumes_fd)
             try:
-                _ioctl.qgroup_limit(fd, 0, max_referenced=size)
+                self._limit(fd, id, size)
             finally:
                 os.close(fd)
         return path
@@ -667,25 +738,47 @@ class Driver:
         ``foreign``, never removed."""
         return self._store.gc()
 
-    def cleanup(self) -> None:
-        """Disable quotas and unmount home, as the original does; then close.
+    def disable_quotas(self, force: bool = False) -> bool:
+        """Turn quotas off on the filesystem of home; False when they were off.
 
-        Only a bind mount this driver made is unmounted: a home that already
-        was a mount point (say, the filesystem itself) is left mounted.
+        Refused (OSError EBUSY, naming them) while layers of this store have
+        size limits, unless ``force``: turning quotas off drops every
+        qgroup limit on the filesystem, and with simple quotas also the
+        accounting of the data already written, which turning them on again
+        cannot recover.  Layers of other stores on the same filesystem are
+        not seen.  Quotas stay off until a driver next needs them: a sized
+        :meth:`create`, a :meth:`get` of a sized layer, or ``btrfs.min_space``.
         """
-        if self._store._closed:
-            return
-        try:
-            if self._quota_on():
-                quota.disable(self._store.home_fd)
-                self._quota_mode = QuotaMode.OFF
-        finally:
-            self.close()
+        fd = self._store.home_fd
+        if quota.mode(fd) is QuotaMode.OFF:
+            self._quota_mode = QuotaMode.OFF
+            return False
+        if not force:
+            sized = sorted(self._store.sized_layers())
+            if sized:
+                named = ", ".join(repr(layer) for layer in sized[:5])
+                if len(sized) > 5:
+                    named += f" and {len(sized) - 5} more"
+                raise OSError(errno.EBUSY, f"quotas stay on: layer{'s' if len(sized) > 1 else ''} {named} "
+                              f"{'have size limits' if len(sized) > 1 else 'has a size limit'}, which turning "
+                              "quotas off would drop (force=True drops them)", self.home)
+        with self._quota_lock:
+            quota.disable(fd)
+            self._quota_mode = QuotaMode.OFF
+        return True
+
+    def cleanup(self) -> None:
+        """Release the driver: its fds, and the bind mount it made of home.
+
+        Unlike the original driver's Cleanup, quotas are left on: turning
+        them off would drop the limit of every sized layer on the filesystem,
+        other drivers' and processes' included (see :meth:`disable_quotas`).
+        A home that already was a mount point is left mounted.
+        """
+        self.close()
 
     def close(self) -> None:
-        """Release the driver's fds and the bind mount it made, leaving quotas
-        as they are (what a short-lived user such as the command line wants;
-        :meth:`cleanup` also turns quotas off, as the original driver does)."""
+        """The same as :meth:`cleanup`."""
         if not self._store._closed:
             self._store.close()
         if self._bind_mounted:

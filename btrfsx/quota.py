@@ -31,15 +31,21 @@ def mode(fd: int) -> QuotaMode:
     return QuotaMode.QGROUP
 
 
-def enable(fd: int, prefer: str | None = None) -> QuotaMode:
+def enable(fd: int, prefer: str | None = None, *, known_off: bool = False) -> QuotaMode:
     """Turn quotas on unless they are; returns the mode in force.
+
+    ``known_off``: a qgroup ioctl just failed with ENOTCONN, so quotas are
+    off whatever the quota tree still says (with other processes turning
+    them off and on, its status item was seen ON while the kernel had no
+    quota root, on Linux 6.x); the kernel's enable is a no-op when they are
+    on after all.
 
     A mode already on is kept whatever ``prefer`` says.  Otherwise ``prefer``
     "qgroup" asks for full qgroups; anything else takes simple quotas where
     the kernel has them (6.7+), whose cost does not grow with the number of
     snapshots sharing extents, and full qgroups elsewhere.
     """
-    current = mode(fd)
+    current = QuotaMode.OFF if known_off else mode(fd)
     if current is not QuotaMode.OFF:
         return current
     if prefer != "qgroup":

@@ -282,6 +282,20 @@ class Store:
             os.close(fd)
         os.rename(tmp, layer_id, src_dir_fd=qfd, dst_dir_fd=qfd)
 
+    def sized_layers(self) -> dict[str, int]:
+        """Every published layer with a quota file, and its size."""
+        qfd = self.quotas_fd()
+        if qfd is None:
+            return {}
+        sized = {}
+        for name in _listdir(qfd):
+            if name.startswith("."):
+                continue  # a quota file being written
+            size = self.read_quota(name)
+            if size is not None and self.is_layer(name):
+                sized[name] = size
+        return sized
+
     def remove_quota(self, layer_id: str) -> bool:
         qfd = self.quotas_fd()
         if qfd is None:
