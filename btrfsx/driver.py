@@ -270,14 +270,32 @@ class Driver:
         check_layer_id(layer_id)
         if parent:
             check_layer_id(parent)
-        size = parse_storage_opt(opts.storage_opt) if opts else None
-        if size is None and read_write and self.options.default_size:
-            size = self.options.default_size
-        mode = None
-        if size is not None:
-            check_size(size, self.options.min_space)
-            mode = self._ensure_quota()
-        label = opts.mount_label if opts else ""
+        try:
+            size = parse_storage_opt(opts.storage_opt) if opts else None
+            if size is None and read_write and self.options.default_size:
+                size = self.options.default_size
+            if size is not None:
+                check_size(size, self.options.min_space)
+        except OptionError as e:
+            # the containers/storage wording kept after the id: users grep for it
+            raise OptionError(f"layer {layer_id!r}: {e}") from None
+        try:
+            self._create_checked(layer_id, parent, size, opts.mount_label if opts else "")
+        except OSError as e:
+            raise self._naming(e, layer_id, "create it") from None
+
+    def _naming(self, e: OSError, layer_id: str, doing: str) -> OSError:
+        """``e`` as an error that names the layer: as it is when its message
+        names one already (every message this module makes does), otherwise
+        "layer 'ID': cannot <doing>: <strerror>" on the layer's path, never on
+        a staging name the caller did not choose."""
+        if e.strerror and "layer '" in e.strerror:
+            return e
+        return type(e)(e.errno, f"layer {layer_id!r}: cannot {doing}: {e.strerror or e}",
+                       self._store.layer_path(layer_id))
+
+    def _create_checked(self, layer_id: str, parent: str | None, size: int | None, label: str) -> None:
+        mode = self._ensure_quota() if size is not None else None
         store = self._store
         quota_files = size is not None or store.has_quotas_dir()
         # Only the quota file needs the id's lock: the subvolume itself is
@@ -363,9 +381,9 @@ class Driver:
         try:
             fd = os.open(parent, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=self._store.subvolumes_fd)
         except OSError as e:
-            if e.errno in (errno.ELOOP, errno.ENOTDIR):
-                self._check_layer(parent, "parent layer")  # says what is there instead
-            raise type(e)(e.errno, f"parent layer {parent!r}: {e.strerror}",
+            if e.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENOENT):
+                self._check_layer(parent, "parent layer")  # says what is there instead, or that nothing is
+            raise type(e)(e.errno, f"parent layer {parent!r}: cannot open it: {e.strerror}",
                           self._store.layer_path(parent)) from None
         if os.fstat(fd).st_ino != _ioctl.FIRST_FREE_OBJECTID:
             os.close(fd)
@@ -445,7 +463,10 @@ class Driver:
         check_layer_id(id)
         store = self._store
         path = store.layer_path(id)
-        stripe = store.lock_id(id) if store.has_quotas_dir() else None
+        try:
+            stripe = store.lock_id(id) if store.has_quotas_dir() else None
+        except OSError as e:
+            raise self._naming(e, id, "remove it") from None
         try:
             try:
                 subvolume.destroy(store.subvolumes_fd, id, path=store.subvolumes_path)
@@ -460,7 +481,7 @@ class Driver:
             except OSError as e:
                 if e.errno == errno.EINVAL and not _ioctl.is_subvolume(id, dir_fd=store.subvolumes_fd):
                     raise OSError(errno.EINVAL, f"layer {id!r} is not a btrfs subvolume", path) from None
-                raise
+                raise self._naming(e, id, "remove it") from None
             if stripe is not None:
                 store.remove_quota(id)
         finally:
@@ -475,7 +496,8 @@ class Driver:
         if options is not None:
             unsupported = [o for o in options.options if o != "ro"]
             if unsupported:
-                raise OptionError("btrfs driver does not support mount options")
+                raise OptionError(f"layer {id!r}: btrfs driver does not support mount options "
+                                  f"(only 'ro' is accepted, not {', '.join(map(repr, unsupported))})")
         self._check_layer(id)
         size = store.read_quota(id)
         if size is not None and size >= self.options.min_space:
@@ -602,12 +624,21 @@ class Driver:
         its place in the lineage."""
         layer = self._layer_path(id)
         store = self._store
-        stripe = store.lock_id(id)
         try:
-            sfd = store.take_staging()
+            stripe = store.lock_id(id)
+        except OSError as e:
+            raise self._naming(e, id, "apply a tarball to it") from None
+        try:
+            try:
+                sfd = store.take_staging()
+            except OSError as e:
+                raise self._naming(e, id, "apply a tarball to it") from None
             clean = False
             try:
-                store.begin_apply(sfd, id)
+                try:
+                    store.begin_apply(sfd, id)
+                except OSError as e:
+                    raise self._naming(e, id, "apply a tarball to it") from None
                 try:
                     size = archive.apply_layer(layer, diff, self.uid_maps, self.gid_maps)
                 except BaseException as e:
@@ -615,6 +646,9 @@ class Driver:
                     clean = True
                     if isinstance(e, ArchiveError):
                         raise type(e)(f"layer {id!r} left as it was: {e}") from None
+                    if isinstance(e, OSError):
+                        raise type(e)(e.errno, f"layer {id!r} left as it was: {e.strerror or e}",
+                                      e.filename or layer) from None
                     raise
                 store.commit_apply(sfd)
                 clean = True

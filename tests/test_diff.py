@@ -1187,3 +1187,82 @@ def test_a_failed_apply_keeps_the_layers_nested_subvolumes(btrfs_fs):
         with open(os.path.join(root, "var", "lib", "vol", "data")) as f:
             assert f.read() == "kept"
         d.remove("L")
+
+
+# ---------------------------------------------------------------- what a failed apply says (issue #14)
+
+@pytest.fixture
+def tgt(driver):
+    """Layer 'tgt' with a file and a directory, and its tree as it is."""
+    driver.create("tgt")
+    root = Path(driver.get("tgt"))
+    write(root / "kept", b"kept\n")
+    mkdir(root / "dir")
+    return SimpleNamespace(d=driver, root=root, before=tree(root))
+
+
+def test_a_hard_link_to_a_missing_target_names_both(tgt):
+    data = tar_bytes(reg("first", b"applied, then undone\n"), hard("link", "nosuchtarget"))
+    with pytest.raises(ArchiveError) as caught:
+        tgt.d.apply_diff("tgt", None, io.BytesIO(data))
+    assert str(caught.value) == ("layer 'tgt' left as it was: hard link 'link' points at 'nosuchtarget', which is "
+                                 "neither in the layer nor earlier in the tarball")
+    assert tree_differences(tgt.before, tree(tgt.root)) == []
+    # nor is a missing target's directory made on the way
+    with pytest.raises(ArchiveError, match=r"^layer 'tgt' left as it was: hard link 'link' points at "
+                                           r"'no/such/target', which is neither"):
+        tgt.d.apply_diff("tgt", None, io.BytesIO(tar_bytes(hard("link", "no/such/target"))))
+    with pytest.raises(ArchiveError, match=r"^layer 'tgt' left as it was: hard link 'link' points at 'dir', "
+                                           r"which is a directory$"):
+        tgt.d.apply_diff("tgt", None, io.BytesIO(tar_bytes(hard("link", "dir"))))
+    assert tree_differences(tgt.before, tree(tgt.root)) == []
+    # a target earlier in the tarball, or in the layer, is linked
+    tgt.d.apply_diff("tgt", None, io.BytesIO(tar_bytes(reg("new", b"new\n"), hard("to-new", "new"),
+                                                       hard("to-kept", "kept"))))
+    assert os.stat(tgt.root / "to-new").st_ino == os.stat(tgt.root / "new").st_ino
+    assert os.stat(tgt.root / "to-kept").st_ino == os.stat(tgt.root / "kept").st_ino
+
+
+def _cut_tar():
+    data = tar_bytes(reg("first"), reg("big", random_bytes(300_000)))
+    cut = members_of(data)[-1].offset_data + 1000
+    return data[:cut], (f"the layer tarball is truncated at byte {cut}, inside the contents of 'big' "
+                        "(1000 of 300000 bytes)")
+
+
+def _cut_gzip():
+    data = gzip.compress(tar_bytes(reg("first"), reg("big", random_bytes(300_000))), mtime=0)
+    return data[:100_000], "the gzip stream is truncated: it ends after 100000 compressed bytes"
+
+
+def _cut_zstd():
+    data = zstandard.ZstdCompressor().compress(tar_bytes(reg("first"), reg("big", random_bytes(300_000))))
+    return data[:100_000], "the zstd stream is truncated: it ends inside a frame, after 100000 compressed bytes"
+
+
+@pytest.mark.parametrize("build", [_cut_tar, _cut_gzip, _cut_zstd], ids=["tar", "gzip", "zstd"])
+def test_a_truncated_stream_is_said_once_with_the_layer(tgt, build):
+    data, message = build()
+    with pytest.raises(ArchiveError) as caught:
+        tgt.d.apply_diff("tgt", None, io.BytesIO(data))
+    assert str(caught.value) == f"layer 'tgt' left as it was: {message}"
+    assert tree_differences(tgt.before, tree(tgt.root)) == []
+
+
+def test_a_system_call_error_names_the_entry(tgt):
+    """ENOSPC, EROFS, EACCES and the like keep their errno and gain the entry's
+    name (a write or an fchown names no file at all)."""
+    name = "dir/" + "y" * 256
+    with pytest.raises(OSError) as caught:
+        tgt.d.apply_diff("tgt", None, io.BytesIO(tar_bytes(reg("first"), reg(name))))
+    assert caught.value.errno == errno.ENAMETOOLONG
+    assert f"entry {name!r} cannot be applied: File name too long" in str(caught.value)
+    assert tree_differences(tgt.before, tree(tgt.root)) == []
+
+
+def test_a_read_error_of_the_input_is_left_as_it_is(tgt):
+    data = tar_bytes(reg("first"), reg("big", random_bytes(2 * MiB)))
+    with pytest.raises(OSError) as caught:
+        tgt.d.apply_diff("tgt", None, FailingStream(data, MiB, OSError(errno.EIO, "injected read error")))
+    assert caught.value.errno == errno.EIO and "entry" not in str(caught.value)
+    assert tree_differences(tgt.before, tree(tgt.root)) == []

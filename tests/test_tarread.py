@@ -410,6 +410,63 @@ def test_pax_length_errors_name_the_header():
         by_tarread(DAMAGED["PAX record too long"])
 
 
+# A PAX header at 0 (its records from 512), the member it names at 1024
+# (700 bytes of contents from 1536, padded to 2560), a member at 2560.
+RECORDS = _record("path", "long/name")
+LAID_OUT = (_pax(RECORDS) + _header(name=b"f", size=b"%011o\0" % 700) + _data(b"x" * 700) + _header(name=b"g")
+            + END)
+TRUNCATED = {
+    100: "inside the header at byte 0 (100 of 512 bytes)",
+    512 + 5: f"inside the records of the PAX header at byte 0 (5 of {len(RECORDS)} bytes)",
+    700: "inside the padding after the records of the PAX header at byte 0",  # the cut of issue #14
+    1024: "inside the header that must follow the PAX header at byte 0 (0 of 512 bytes)",
+    1024 + 300: "inside the header that must follow the PAX header at byte 0 (300 of 512 bytes)",
+    1536: "inside the contents of 'long/name' (0 of 700 bytes)",
+    1536 + 250: "inside the contents of 'long/name' (250 of 700 bytes)",
+    2236 + 10: "inside the padding after the contents of 'long/name'",
+    2560 + 1: "inside the header at byte 2560 (1 of 512 bytes)",
+}
+
+
+@pytest.mark.parametrize("cut", list(TRUNCATED))
+def test_a_truncated_tarball_says_where(cut):
+    """The byte the stream ends at and what it ends inside, whether the
+    contents are read or skipped."""
+    expected = f"the layer tarball is truncated at byte {cut}, {TRUNCATED[cut]}"
+    for read_contents in (True, False):
+        with pytest.raises(ArchiveError) as e:
+            if read_contents:
+                by_tarread(LAID_OUT[:cut])
+            else:
+                list(TarReader(io.BytesIO(LAID_OUT[:cut])))
+        assert str(e.value) == expected, read_contents
+    assert tarfile_fails(LAID_OUT[:cut])
+
+
+def test_truncated_extension_headers_say_where():
+    long_name = b"n" * 300 + b"\0"
+    gnu = _header(name=b"././@LongLink", type_=b"L", size=b"%011o\0" % len(long_name)) + _data(long_name)
+    with pytest.raises(ArchiveError) as e:
+        by_tarread(gnu[:512 + 100])
+    assert str(e.value) == "the layer tarball is truncated at byte 612, inside the GNU long name at byte 0 (100 of " \
+                           "301 bytes)"
+    with pytest.raises(ArchiveError) as e:
+        by_tarread(gnu + _header()[:10])
+    assert str(e.value) == "the layer tarball is truncated at byte 1034, inside the header that must follow the GNU " \
+                           "long name at byte 0 (10 of 512 bytes)"
+    with pytest.raises(ArchiveError) as e:
+        by_tarread(_header() + _pax(RECORDS, type_=b"g")[:512 + 5])
+    assert str(e.value) == ("the layer tarball is truncated at byte 1029, inside the records of the PAX global "
+                            f"header at byte 512 (5 of {len(RECORDS)} bytes)")
+
+
+def test_an_empty_stream_and_the_end_of_an_archive():
+    with pytest.raises(ArchiveError, match=r"^the layer tarball is empty$"):
+        by_tarread(b"")
+    # where a header would start: the end, as tarfile has it
+    assert [m[0] for m in by_tarread(LAID_OUT[:2560])] == ["long/name"]
+
+
 # ================================================================ at random
 
 names = st.text(st.characters(codec="utf-8", exclude_characters="\0", exclude_categories=("Cs",)), min_size=1,

@@ -39,14 +39,20 @@ _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _CHUNK = 1 << 20
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_SKIPPABLE_TAIL = b"\x2a\x4d\x18"  # a skippable frame's magic after its first byte, 0x5?
 
 
 class _Prefixed(io.RawIOBase):
-    """``head`` then the rest of ``stream``: undoes the peek at the magic bytes."""
+    """``head`` then the rest of ``stream``: undoes the peek at the magic
+    bytes.  Counts the bytes it hands on (where a gzip stream was cut), and
+    keeps the OSError the stream raised: that one is the input's, not the
+    entry's being applied when it came."""
 
     def __init__(self, head: bytes, stream: BinaryIO):
         self._head = head
         self._stream = stream
+        self.count = 0
+        self.failure: OSError | None = None
 
     def readable(self) -> bool:
         return True
@@ -56,28 +62,163 @@ class _Prefixed(io.RawIOBase):
             n = min(len(b), len(self._head))
             b[:n] = self._head[:n]
             self._head = self._head[n:]
+            self.count += n
             return n
-        data = self._stream.read(len(b))
-        b[:len(data)] = data
-        return len(data)
+        try:
+            data = self._stream.read(len(b))
+        except OSError as e:
+            self.failure = e
+            raise
+        n = len(data)
+        b[:n] = data
+        self.count += n
+        return n
 
 
-def decompressed(stream: BinaryIO) -> BinaryIO:
+# what the zstd frame tracker expects next
+_MAGIC, _DESCRIPTOR, _BLOCK, _SKIPPABLE_SIZE = range(4)
+_ZSTD_FRAME = 0xFD2FB528
+_SKIPPABLE_FRAME = 0x184D2A50  # to 0x184D2A5F
+_DICTIONARY_ID_SIZE = (0, 1, 2, 4)
+_TRUNCATED_ZSTD = "the zstd stream is truncated: it ends inside a frame, after {} compressed bytes"
+_NOT_A_FRAME = "the zstd stream is corrupt: byte {} starts neither a zstd frame nor a skippable frame"
+
+
+class _ZstdFrames:
+    """The bytes of a zstd stream, handed on unchanged, its frames followed
+    as they pass (RFC 8878, section 3.1): python-zstandard's stream_reader
+    takes input that ends inside a frame for the end of the data, so that a
+    cut stream would apply as a shorter layer, or an empty one.  Only the
+    headers are parsed; block contents, skippable frames' data and
+    checksums are skipped by count, so that a read costs a few operations
+    per block (up to 128 KiB of data each), not per byte."""
+
+    def __init__(self, raw: BinaryIO):
+        self._raw = raw
+        self.count = 0          # bytes handed on
+        self._skip = 0          # bytes still to pass before the next header
+        self._want = _MAGIC     # the header that comes next, ...
+        self._need = 4          # ... its length,
+        self._part = b""        # its bytes so far, when a read ended inside it,
+        self._at = 0            # and where it starts
+        self._checksum = False  # the current frame ends in a 4-byte checksum
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._raw.close()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._raw.read(n)
+        size = len(data)
+        if not size:
+            if n:
+                self._check_end()
+            return data
+        pos = self._skip
+        if pos < size:
+            pos = self._headers(data, pos)
+        self._skip = pos - size
+        self.count += size
+        return data
+
+    def _headers(self, data: bytes, pos: int) -> int:
+        """Parse the headers of ``data`` from ``pos`` on; where the next one
+        starts (beyond ``data`` when a block continues in the next read)."""
+        size = len(data)
+        while pos < size:
+            if not self._part:
+                self._at = self.count + pos
+            need = self._need - len(self._part)
+            if pos + need > size:
+                self._part += data[pos:]
+                return size
+            header = self._part + data[pos:pos + need] if self._part else data[pos:pos + need]
+            self._part = b""
+            pos += need + self._parse(header)
+        return pos
+
+    def _parse(self, header: bytes) -> int:
+        """Take in the header expected next; the count of bytes between it
+        and the next header."""
+        want = self._want
+        if want == _BLOCK:
+            fields = int.from_bytes(header, "little")
+            kind = (fields >> 1) & 3
+            if kind == 3:
+                raise ArchiveError(f"the zstd stream is corrupt: the block at byte {self._at} has the "
+                                   "reserved block type 3")
+            skip = 1 if kind == 1 else fields >> 3  # an RLE block holds the one byte it repeats
+            if fields & 1:  # the frame's last block
+                if self._checksum:
+                    skip += 4
+                self._want, self._need = _MAGIC, 4
+            return skip
+        if want == _MAGIC:
+            magic = int.from_bytes(header, "little")
+            if magic == _ZSTD_FRAME:
+                self._want, self._need = _DESCRIPTOR, 1
+            elif magic & 0xFFFFFFF0 == _SKIPPABLE_FRAME:
+                self._want, self._need = _SKIPPABLE_SIZE, 4
+            else:
+                raise ArchiveError(_NOT_A_FRAME.format(self._at))
+            return 0
+        if want == _DESCRIPTOR:
+            descriptor = header[0]
+            if descriptor & 0x08:
+                raise ArchiveError(f"the zstd stream is corrupt: the frame at byte {self._at - 4} sets the "
+                                   "reserved bit of its header")
+            self._checksum = bool(descriptor & 0x04)
+            single_segment = descriptor & 0x20
+            content_size = (1 if single_segment else 0, 2, 4, 8)[descriptor >> 6]
+            self._want, self._need = _BLOCK, 3
+            # the window descriptor (which a single-segment frame has not),
+            # the dictionary id and the content size
+            return (0 if single_segment else 1) + _DICTIONARY_ID_SIZE[descriptor & 3] + content_size
+        self._want, self._need = _MAGIC, 4  # the skippable frame's size read: its data, then a frame
+        return int.from_bytes(header, "little")
+
+    def _check_end(self) -> None:
+        """ArchiveError unless the stream ended where a frame may start."""
+        if self._want == _MAGIC and not self._skip:
+            part = self._part
+            if not part:
+                return
+            if not (_ZSTD_MAGIC.startswith(part)
+                    or (part[0] & 0xF0 == 0x50 and _SKIPPABLE_TAIL.startswith(part[1:]))):
+                raise ArchiveError(_NOT_A_FRAME.format(self._at))
+        raise ArchiveError(_TRUNCATED_ZSTD.format(self.count))
+
+
+def _open(stream: BinaryIO) -> tuple[BinaryIO, str, _Prefixed]:
     """The tar bytes of an uncompressed, gzip or zstd stream (told apart by
-    their first bytes)."""
+    their first bytes), the compression ("tar" for none) and the reader of
+    ``stream`` under the decompression."""
     head = b""
     while len(head) < 4:
         more = stream.read(4 - len(head))
         if not more:
             break
         head += more
-    raw = io.BufferedReader(_Prefixed(head, stream), _CHUNK)
+    source = _Prefixed(head, stream)
+    raw = cast(BinaryIO, io.BufferedReader(source, _CHUNK))
     if head.startswith(_GZIP_MAGIC):
-        return cast(BinaryIO, gzip.GzipFile(fileobj=raw, mode="rb"))
-    if head.startswith(_ZSTD_MAGIC):
+        return cast(BinaryIO, gzip.GzipFile(fileobj=raw, mode="rb")), "gzip", source
+    # and one that ends inside its first magic number: a truncated zstd stream, not a tar
+    if ((len(head) >= 2 and _ZSTD_MAGIC.startswith(head))
+            or (len(head) == 4 and head[0] & 0xF0 == 0x50 and head[1:] == _SKIPPABLE_TAIL)):
         import zstandard
-        return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
-    return raw
+        frames = cast(BinaryIO, _ZstdFrames(raw))
+        return (cast(BinaryIO, zstandard.ZstdDecompressor().stream_reader(frames, read_across_frames=True)),
+                "zstd", source)
+    return raw, "tar", source
+
+
+def decompressed(stream: BinaryIO) -> BinaryIO:
+    """The tar bytes of an uncompressed, gzip or zstd stream (told apart by
+    their first bytes)."""
+    return _open(stream)[0]
 
 
 def _clean(name: str, what: str) -> str:
@@ -121,8 +262,10 @@ def _mtime_ns(info: Member) -> int:
 
 
 class _Applier:
-    def __init__(self, root_fd: int, uid_maps: Sequence[IDMap] | None, gid_maps: Sequence[IDMap] | None):
+    def __init__(self, root_fd: int, uid_maps: Sequence[IDMap] | None, gid_maps: Sequence[IDMap] | None,
+                 source: _Prefixed | None = None):
         self.root_fd = root_fd
+        self.source = source
         self.uid_maps = uid_maps
         self.gid_maps = gid_maps
         self.size = 0
@@ -209,6 +352,18 @@ class _Applier:
             if isinstance(e, ArchiveError):
                 raise
             raise ArchiveError(f"entry {info.name!r} cannot be applied: {e}") from None
+        except OSError as e:
+            raise self._named(e, info) from None
+
+    def _named(self, e: OSError, info: Member) -> OSError:
+        """``e`` (ENOSPC, EROFS, EACCES...) with the entry it failed on: the
+        system calls name only the last component, or nothing (a write, an
+        fchown).  The input stream's own errors are left as they are, and so
+        are those without an errno (gzip's BadGzipFile is an OSError), which
+        apply_layer words itself."""
+        if e.errno is None or (self.source is not None and e is self.source.failure):
+            return e
+        return OSError(e.errno, f"entry {info.name!r} cannot be applied: {e.strerror}")
 
     def _apply(self, info: Member, tar: TarReader) -> None:
         rel = _clean(info.name, "entry")
@@ -246,10 +401,25 @@ class _Applier:
             if not target:
                 raise UnsafeArchiveError(f"hard link {info.name!r} points at the layer root")
             tparent, _, tbase = target.rpartition("/")
-            # the target's directory looked up again after a removal, which
-            # may have closed (or removed) it
-            self._replacing(pfd, base, rel, lambda: os.link(tbase, base, src_dir_fd=self.parent_fd(tparent),
-                                                            dst_dir_fd=pfd, follow_symlinks=False))
+
+            def link() -> None:
+                # the target's directory looked up again after a removal,
+                # which may have closed (or removed) it; never made, as
+                # the parents of other entries are: the target must exist
+                tfd = self.parent_fd(tparent, create=False)
+                try:
+                    if tfd is None:
+                        raise FileNotFoundError
+                    os.link(tbase, base, src_dir_fd=tfd, dst_dir_fd=pfd, follow_symlinks=False)
+                except FileNotFoundError:
+                    raise ArchiveError(f"hard link {info.name!r} points at {info.linkname!r}, which is neither "
+                                       "in the layer nor earlier in the tarball") from None
+                except PermissionError:
+                    if stat.S_ISDIR(os.stat(tbase, dir_fd=tfd, follow_symlinks=False).st_mode):
+                        raise ArchiveError(f"hard link {info.name!r} points at {info.linkname!r}, which is a "
+                                           "directory") from None
+                    raise
+            self._replacing(pfd, base, rel, link)
         elif info.ischr() or info.isblk() or info.isfifo():
             kind = stat.S_IFCHR if info.ischr() else stat.S_IFBLK if info.isblk() else stat.S_IFIFO
             device = os.makedev(info.devmajor, info.devminor) if not info.isfifo() else 0
@@ -258,8 +428,7 @@ class _Applier:
                 try:
                     os.mknod(base, kind | 0o600, device, dir_fd=pfd)
                 except PermissionError:
-                    raise PermissionError(errno.EPERM, f"creating device node {info.name!r} needs root",
-                                          info.name) from None
+                    raise PermissionError(errno.EPERM, "creating a device node needs root") from None
             self._replacing(pfd, base, rel, mknod)
             self.metadata(pfd, base, info)
         else:
@@ -372,6 +541,8 @@ class _Applier:
                 self.metadata_fd(fd, info, prune=True)
             except (OverflowError, ValueError) as e:
                 raise ArchiveError(f"entry {info.name!r} cannot be applied: {e}") from None
+            except OSError as e:
+                raise self._named(e, info) from None
             finally:
                 os.close(fd)
 
@@ -381,6 +552,21 @@ def _stream_errors() -> tuple[type[BaseException], ...]:
     import zstandard
     return (EOFError, zlib.error, gzip.BadGzipFile, zstandard.ZstdError,
             UnicodeError)
+
+
+def _stream_error(e: BaseException, compression: str, count: int) -> ArchiveError:
+    """The error of the decompressor ``e`` in a user's words."""
+    if compression == "gzip":
+        if isinstance(e, EOFError):
+            # raised only once the input is used up: its length is where it was cut
+            return ArchiveError(f"the gzip stream is truncated: it ends after {count} compressed bytes")
+        if isinstance(e, (zlib.error, gzip.BadGzipFile)):
+            return ArchiveError(f"the gzip stream is corrupt: {e}")
+    elif compression == "zstd":
+        import zstandard
+        if isinstance(e, zstandard.ZstdError):
+            return ArchiveError(f"the zstd stream is corrupt: {str(e).removeprefix('zstd decompress error: ')}")
+    return ArchiveError(f"cannot read the layer tarball: {e}")
 
 
 def _write_all(fd: int, data) -> None:
@@ -396,7 +582,7 @@ def _setxattr(call, key: str, name: str) -> None:
     except OSError as e:
         # as containers/storage: not every filesystem or caller may set every namespace
         if e.errno not in (errno.ENOTSUP, errno.EPERM):
-            raise
+            raise OSError(e.errno, f"extended attribute {key}: {e.strerror}") from None
         log.warning("could not set extended attribute %s on %s: %s", key, name, e)
 
 
@@ -405,11 +591,11 @@ def apply_layer(root: str | bytes, stream: BinaryIO, uid_maps: Sequence[IDMap] |
     """Apply the tar (or gzip or zstd tar) ``stream`` to directory ``root``;
     returns the total size of its regular files' contents.  On an error the
     tree is left part-applied: callers wanting all-or-nothing work on a copy."""
+    tar_stream, compression, source = _open(stream)
     root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    applier = _Applier(root_fd, uid_maps, gid_maps)
+    applier = _Applier(root_fd, uid_maps, gid_maps, source)
     try:
         try:
-            tar_stream = decompressed(stream)
             tar = TarReader(tar_stream)
             for info in tar:
                 applier.apply(info, tar)
@@ -419,7 +605,7 @@ def apply_layer(root: str | bytes, stream: BinaryIO, uid_maps: Sequence[IDMap] |
             while tar_stream.read(_CHUNK):
                 pass
         except _stream_errors() as e:
-            raise ArchiveError(f"cannot read the layer tarball: {e}") from None
+            raise _stream_error(e, compression, source.count) from None
         applier.finish()
         return applier.size
     finally:

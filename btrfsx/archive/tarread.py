@@ -98,6 +98,11 @@ def _describe(pending: Member | None) -> str | None:
     return f"the {kind} at byte {pending.offset}"
 
 
+def _expected(pending: Member | None, offset: int) -> str:
+    """The header that starts at ``offset``, as error messages name it."""
+    return f"the header that must follow {_describe(pending)}" if pending else f"the header at byte {offset}"
+
+
 def _block(count: int) -> int:
     """``count`` rounded up to whole blocks (tarfile's _block, negative counts too)."""
     blocks, remainder = divmod(count, BLOCK)
@@ -174,6 +179,7 @@ class TarReader:
         self._eof = False
         self._next_offset = 0  # where the next header starts (tarfile's TarFile.offset)
         self._done = False
+        self._last: Member | None = None       # the member last yielded
         self.pax_headers: dict[str, str] = {}  # global ('g') records so far
 
     # ------------------------------------------------------------ the stream
@@ -227,14 +233,31 @@ class TarReader:
             self._buf = more
         return True
 
-    def _seek(self, offset: int, what: str) -> None:
-        """Move forward to stream ``offset`` (tarfile's stream seeks forward only)."""
+    def _seek(self, offset: int, m: Member) -> None:
+        """Move forward to stream ``offset`` (tarfile's stream seeks forward
+        only), within or past the data of member ``m``."""
         here = self.tell()
         if offset < here:
-            raise ArchiveError(f"cannot read the layer tarball: {what} overlaps the next header "
+            raise ArchiveError(f"cannot read the layer tarball: the data of {m.name!r} overlaps the next header "
                                f"(byte {offset}, already at {here})")
         if not self._skip(offset - here):
-            raise ArchiveError(f"cannot read the layer tarball: the stream ends inside {what}")
+            raise self._truncated(self._in_data(m))
+
+    def _end(self) -> int:
+        """Where the stream ended, once it has: the buffer holds its last bytes."""
+        return self._base + len(self._buf)
+
+    def _truncated(self, inside: str) -> ArchiveError:
+        """The error for the stream ending inside ``inside``."""
+        return ArchiveError(f"the layer tarball is truncated at byte {self._end()}, inside {inside}")
+
+    def _in_data(self, m: Member) -> str:
+        """Where in the data of ``m`` (or in its padding) the stream ended."""
+        stored = m.size if m.sparse is None else sum(numbytes for _, numbytes in m.sparse)
+        done = self._end() - m.offset_data
+        if done >= stored:
+            return f"the padding after the contents of {m.name!r}"
+        return f"the contents of {m.name!r} ({max(done, 0)} of {stored} bytes)"
 
     # ------------------------------------------------------------ headers
 
@@ -246,11 +269,9 @@ class TarReader:
             rest = len(self._buf) - self._pos
             if rest == 0 and pending is None:
                 if offset == 0:
-                    raise ArchiveError("cannot read the layer tarball: empty file")
+                    raise ArchiveError("the layer tarball is empty")
                 return None
-            expected = f"the header after {_describe(pending)}" if pending else "a header"
-            raise ArchiveError(f"cannot read the layer tarball: the stream ends inside {expected} "
-                               f"at byte {offset} ({rest} of {BLOCK} bytes)")
+            raise self._truncated(f"{_expected(pending, offset)} ({rest} of {BLOCK} bytes)")
         buf, pos = self._buf, self._pos
         self._pos = pos + BLOCK
         (name, mode, uid, gid, size, mtime, chksum, type_, linkname, _magic, uname, gname, devmajor, devminor,
@@ -258,8 +279,8 @@ class TarReader:
         block = buf[pos:pos + BLOCK]
         if block == _ZERO_BLOCK:
             if pending is not None:
-                raise ArchiveError(f"cannot read the layer tarball: a zero block at byte {offset} "
-                                   f"where the header after {_describe(pending)} was expected")
+                raise ArchiveError(f"cannot read the layer tarball: a zero block at byte {offset}, where "
+                                   f"{_expected(pending, offset)} was expected")
             return None
         m = Member()
         try:
@@ -281,9 +302,8 @@ class TarReader:
             if chk != 256 + sum(block) - sum(chksum) and chk != 256 + sum(_SIGNED.unpack(block)):
                 raise _Corrupt(f"bad checksum {chk}")
         except _Corrupt as e:
-            where = f"the header after {_describe(pending)}" if pending else "a header"
-            raise ArchiveError(f"cannot read the layer tarball: corrupt header at byte {offset} "
-                               f"({where}): {e}") from None
+            where = f" ({_expected(pending, offset)})" if pending else ""
+            raise ArchiveError(f"cannot read the layer tarball: corrupt header at byte {offset}{where}: {e}") from None
         p = name.find(b"\0")
         m.name = (name[:p] if p != -1 else name).decode("utf-8", "surrogateescape")
         m.type = type_
@@ -348,9 +368,11 @@ class TarReader:
             raise ArchiveError(f"cannot read the layer tarball: extension header at byte {h.offset} "
                                f"holds {h.size} bytes, more than the {MAX_EXTENSION} allowed")
         data = self._read(_block(h.size))
-        if len(data) < h.size:
-            raise ArchiveError(f"cannot read the layer tarball: the stream ends inside the extension "
-                               f"header at byte {h.offset} ({len(data)} of {h.size} bytes)")
+        if len(data) < _block(h.size):
+            what = f"the records of {_describe(h)}" if h.type in _PAX_TYPES else _describe(h)
+            if len(data) >= h.size:
+                raise self._truncated(f"the padding after {what}")
+            raise self._truncated(f"{what} ({len(data)} of {h.size} bytes)")
         return data
 
     def _member(self) -> Member | None:
@@ -449,8 +471,7 @@ class TarReader:
         while extended:
             block = self._read(BLOCK)
             if len(block) < BLOCK:
-                raise ArchiveError(f"cannot read the layer tarball: the stream ends inside the sparse map "
-                                   f"of {m.name!r}")
+                raise self._truncated(f"the sparse map of {m.name!r}")
             for p in range(0, 504, 24):
                 try:
                     offset, numbytes = _num(block[p:p + 12]), _num(block[p + 12:p + 24])
@@ -483,8 +504,7 @@ class TarReader:
                     if b"\n" not in rest:
                         more = self._read(BLOCK)
                         if len(more) < BLOCK:
-                            raise ArchiveError(f"cannot read the layer tarball: the stream ends inside the "
-                                               f"sparse map of {m.name!r}")
+                            raise self._truncated(f"the sparse map of {m.name!r}")
                         rest += more
                     number, _, rest = rest.partition(b"\n")
                     numbers.append(int(number))
@@ -499,12 +519,14 @@ class TarReader:
     def __iter__(self) -> Iterator[Member]:
         while not self._done:
             if self._next_offset != self._base + self._pos and self._next_offset:
-                self._seek(self._next_offset, "the data of the previous member")
+                assert self._last is not None  # a next offset is set from a member
+                self._seek(self._next_offset, self._last)
             m = self._member()
             if m is None:
                 self._done = True
                 return
             self._next_offset = m.next_offset
+            self._last = m
             yield m
 
     def chunks(self, m: Member, size: int = _CHUNK) -> Iterator[memoryview | bytes]:
@@ -519,15 +541,15 @@ class TarReader:
                 raise ArchiveError(f"member {m.name!r} has a negative size {remaining}")
             return
         if self._base + self._pos != m.offset_data:
-            self._seek(m.offset_data, f"the data of {m.name!r}")
+            self._seek(m.offset_data, m)
         while remaining:
             have = len(self._buf) - self._pos
             if have < remaining and have < size:
                 if not self._fill(min(remaining, size)):
                     have = len(self._buf) - self._pos
                     if have == 0:
-                        raise ArchiveError(f"cannot read the layer tarball: the stream ends inside "
-                                           f"{m.name!r} ({m.size - remaining} of {m.size} bytes)")
+                        raise self._truncated(f"the contents of {m.name!r} ({m.size - remaining} of {m.size} "
+                                              "bytes)")
                 have = len(self._buf) - self._pos
             n = min(have, remaining, size)
             pos = self._pos
@@ -562,10 +584,10 @@ class TarReader:
             n = min(size, stop - position, m.size - position)
             if is_data:
                 assert source is not None
-                self._seek(source + position - start, f"the data of {m.name!r}")
+                self._seek(source + position - start, m)
                 data = self._read(n)
                 if len(data) < n:
-                    raise ArchiveError(f"cannot read the layer tarball: the stream ends inside {m.name!r}")
+                    raise self._truncated(self._in_data(m))
                 yield data
             else:
                 yield bytes(n)
