@@ -47,6 +47,10 @@ fi
 # Rebuild when the Cython sources are newer than the compiled module.
 so=$(ls -t btrfsx/_ioctl*.so btrfsx/archive/_tar*.so 2>/dev/null | tail -n1 || true)
 if [ -z "$so" ] || [ -n "$(find btrfsx -name '*.pyx' -newer "$so" -o -name '*.pxd' -newer "$so" -o -name '*.h' -newer "$so")" ] \
-   || ! .venv/bin/python -c 'import btrfsx._ioctl, btrfsx.archive._tar, zstandard, rich, hypothesis, pytest, pytest_benchmark, mypy, ruff' 2>/dev/null; then
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[cli,test]'
+   || ! .venv/bin/python -c 'import btrfsx._ioctl, btrfsx.archive._tar, zstandard, rich, hypothesis, pytest, pytest_benchmark, xdist, mypy, ruff' 2>/dev/null \
+   || grep -qs finder .venv/lib/python3*/site-packages/__editable__.btrfsx-*.pth; then
+  # compat mode: a .pth naming this directory, which type checkers follow
+  # (setuptools' default import hook is invisible to them: no types for users)
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[cli,test]' \
+    --config-settings editable_mode=compat
 fi
