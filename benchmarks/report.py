@@ -367,7 +367,7 @@ def targets_section(measured: list[dict]) -> tuple[list[str], list[tuple]]:
         oks = [t.met(m["value"]) for m in ms]
         met = all(o is True for o in oks)
         vals = "; ".join(("-" if m["value"] is None else
-                          (f"{m['value']:.1f} MiB" if t.unit == "MiB" else fmt_ratio(m["value"], 3)))
+                          (f"{m['value']:.1f} {t.unit}" if t.unit != "x" else fmt_ratio(m["value"], 3)))
                          + (f" ({m['detail']})" if m.get("detail") else "") for m in ms)
         rows.append([t.what, t.describe(), vals, "MET" if met else "**NOT MET**", ms[0]["group"]])
         summary.append((tid, t, met, vals, ms))

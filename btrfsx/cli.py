@@ -3,9 +3,12 @@
 Every command takes ``--home DIR`` (or ``$BTRFSX_HOME``); with neither it
 works on the embedded store, a btrfs image btrfsx makes and mounts for
 itself on first use (``btrfsx loopback status``).  Built on the public API
-only: :class:`btrfsx.Driver` and :mod:`btrfsx.loopback`.  Driver options
-come from ``$BTRFSX_OPTIONS`` and ``-o/--option KEY=VALUE``.  Tables and
-progress bars come from ``rich`` (a dependency of the package).
+only: the names ``btrfsx`` exports and the public modules
+:mod:`btrfsx.loopback`, :mod:`btrfsx.oci`, :mod:`btrfsx.units`,
+:mod:`btrfsx.template` and :mod:`btrfsx.demo` (the demo's workload; tests/test_layering.py holds the
+command to that).  Driver options come from ``$BTRFSX_OPTIONS`` and
+``-o/--option KEY=VALUE``.  Tables and progress bars come from ``rich`` (a
+dependency of the package).
 """
 
 from __future__ import annotations
@@ -20,12 +23,12 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from contextlib import contextmanager, nullcontext
 
-from btrfsx import ArchiveError, CreateOpts, Driver, OptionError, PrerequisitesError, __version__
+from btrfsx import ArchiveError, CreateOpts, Driver, OptionError, PrerequisitesError, Template, __version__, demo
+from btrfsx import template as templates
 from btrfsx.loopback import Embedded, LoopbackError, unavailable_reason
 from btrfsx.units import bytes_size
 
@@ -49,6 +52,7 @@ EXAMPLES = {
     "export-oci": "btrfsx export-oci app ./image --tag v1 && skopeo copy oci:./image:v1 docker://registry/app:v1",
     "import-oci": "skopeo copy docker://registry/app:v1 oci:./image:v1 && btrfsx import-oci ./image --tag v1",
     "quota": "btrfsx quota disable --force",
+    "run": "btrfsx run --from fixture --keep -- make test     # in a fresh copy of layer 'fixture'",
 }
 
 
@@ -395,9 +399,9 @@ def cmd_import_oci(args) -> int:
 
 def cmd_gc(args) -> int:
     status = _console(stderr=True).status("collecting garbage") if _interactive() else nullcontext()
-    from btrfsx.oci import gc_markers
     with _driver(args) as d, status:
-        report = {**d.gc()._asdict(), "oci_markers": gc_markers(d)}
+        report = d.gc()._asdict()
+        report["template_copies"] = templates.gc(d)
     report["foreign"] = list(report.get("foreign", ()))
     if args.json:
         _emit_json(report)
@@ -407,8 +411,10 @@ def cmd_gc(args) -> int:
         for kind, items in report.items():
             if kind == "foreign":
                 continue
+            what = "template copy or build" if kind == "template_copies" else \
+                kind.rstrip("s").replace("_", " ").replace("oci", "OCI import")
             for item in items:
-                print(f"removed {kind.rstrip('s').replace('_', ' ').replace('oci', 'OCI import')}: {item}")
+                print(f"removed {what}: {item}")
         for item in report["foreign"]:
             print(f"foreign entry, not a layer (left alone): {item}")
     return 0
@@ -444,139 +450,62 @@ def cmd_loopback(args) -> int:
     return 0
 
 
-# ---------------------------------------------------------------- demo: a CI builder's day in small
-
-def _tarball(entries: list[tuple[str, bytes | None]], whiteouts: list[str] | tuple[str, ...] = ()) -> bytes:
-    """An uncompressed layer tar of ``(path, content or None for a directory)``."""
-    import tarfile
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        now = time.time()
-        for path, content in entries:
-            info = tarfile.TarInfo(path)
-            info.mtime = now
-            if content is None:
-                info.type, info.mode = tarfile.DIRTYPE, 0o755
-                tar.addfile(info)
-            else:
-                info.size, info.mode = len(content), 0o644
-                tar.addfile(info, io.BytesIO(content))
-        for path in whiteouts:
-            head, base = os.path.split(path)
-            tar.addfile(tarfile.TarInfo(os.path.join(head, ".wh." + base)))
-    return buf.getvalue()
+def _shell_build(command: str):
+    """A template's build function running ``sh -c command`` in the empty tree."""
+    def build(path) -> None:
+        try:
+            subprocess.run(["sh", "-c", command], cwd=path, check=True)
+        except subprocess.CalledProcessError as e:
+            status = 128 - e.returncode if e.returncode < 0 else e.returncode
+            raise UserError(f"template build command {command!r} failed (exit status {status}); "
+                            "nothing of it was kept") from None
+    return build
 
 
-def _rootfs(files: int) -> bytes:
-    dirs = ["bin", "etc", "usr", "usr/bin", "usr/lib", "usr/share", "usr/share/doc", "var", "var/lib"]
-    entries: list[tuple[str, bytes | None]] = [(d, None) for d in dirs]
-    for i in range(files):
-        d = dirs[1 + i % (len(dirs) - 1)]
-        entries.append((f"{d}/file{i:05d}", (b"%d\n" % i) * (1 + i % 300)))
-    return _tarball(entries)
+def cmd_run(args) -> int:
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    if not argv:
+        raise UserError("no command to run: btrfsx run --from TEMPLATE -- COMMAND [ARG...]")
+    if args.key is not None and args.build is None:
+        raise UserError("--key is the key of a --build command: give --build too")
+    build = _shell_build(args.build) if args.build is not None else None
+    with _driver(args) as d, Template(d, args.template, build, key=args.key) as tpl:
+        result = tpl.run(argv, keep=args.keep)
+    status = result.exit_status
+    if result.kept is not None:
+        print(f"btrfsx: {argv[0]} failed (exit status {status}); its copy is kept at {result.kept} "
+              f"(remove it with: btrfsx rm {result.kept.name})", file=sys.stderr)
+    if args.json:
+        _emit_json({"template": args.template, "exit_status": status,
+                    "kept": str(result.kept) if result.kept else None})
+    return status
 
 
-def _build_layer(build: int, layer: int) -> bytes:
-    entries: list[tuple[str, bytes | None]] = [(f"app/b{build}", None), (f"app/b{build}/l{layer}", None)]
-    entries += [(f"app/b{build}/l{layer}/obj{j:03d}.o", os.urandom(512) * (1 + j % 16)) for j in range(40)]
-    entries.append((f"etc/file{layer:05d}", b"rebuilt by build %d layer %d\n" % (build, layer)))
-    return _tarball(entries, whiteouts=[f"usr/share/doc/file{6 + 8 * layer:05d}"])  # one base file each
-
-
-def _timed(samples: dict[str, list[float]], op: str, fn, *args):
-    t0 = time.perf_counter()
-    result = fn(*args)
-    samples.setdefault(op, []).append(time.perf_counter() - t0)
-    return result
-
-
-def _compare_with_cli(d: Driver, base: str, prefix: str, rounds: int) -> dict[str, dict[str, float]]:
-    """The same snapshot and remove of the base layer through btrfsx and
-    through the ``btrfs`` command, alternately, so both meet the same state."""
-    ours: dict[str, list[float]] = {}
-    theirs: dict[str, list[float]] = {}
-    work = tempfile.mkdtemp(prefix=".btrfsx-demo-cli-", dir=d.home)
-    base_path = d.get(base)
-    try:
-        for i in range(rounds):
-            _timed(ours, "create (snapshot)", d.create, f"{prefix}-cmp{i}", base)
-            _timed(theirs, "create (snapshot)", subprocess.run,
-                   ["btrfs", "-q", "subvolume", "snapshot", base_path, f"{work}/s{i}"])
-        for i in range(rounds):
-            _timed(ours, "remove", d.remove, f"{prefix}-cmp{i}")
-            _timed(theirs, "remove", subprocess.run, ["btrfs", "-q", "subvolume", "delete", f"{work}/s{i}"])
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return {op: {"btrfsx": statistics.median(ours[op]), "btrfs": statistics.median(theirs[op])} for op in ours}
-
+# ---------------------------------------------------------------- demo
 
 def cmd_demo(args) -> int:
     if args.builds < 1 or args.layers < 1:
         raise UserError("--builds and --layers must be at least 1")
-    prefix = f"demo-{os.getpid()}"
-    samples: dict[str, list[float]] = {}
-    applied = exported = created = 0
     console = _console()
     with _driver(args) as d:
-        home = d.home
         if not args.json:
-            console.print(f"btrfsx {__version__}: a CI builder's day in small on {home}: "
+            console.print(f"btrfsx {__version__}: a CI builder's day in small on {d.home}: "
                           f"{args.builds} builds of {args.layers} layers over a {args.files}-file base")
-        t_start = time.perf_counter()
-        base = f"{prefix}-base"
-        rootfs = _rootfs(args.files)
-        try:
-            _timed(samples, "create (base)", d.create, base)
-            applied += _timed(samples, "apply_diff", d.apply_diff, base, None, io.BytesIO(rootfs))
-            created += 1
-            with _progress("building", total=args.builds * args.layers) as tick:
-                for b in range(args.builds):
-                    parent, stack = base, []
-                    for k in range(args.layers):
-                        layer = f"{prefix}-b{b}-l{k}"
-                        _timed(samples, "create (snapshot)", d.create, layer, parent)
-                        stack.append(layer)
-                        applied += _timed(samples, "apply_diff", d.apply_diff, layer, parent,
-                                          io.BytesIO(_build_layer(b, k)))
-                        created += 1
-                        parent = layer
-                        tick()
-                    t0 = time.perf_counter()
-                    with d.diff(parent, stack[-2] if len(stack) > 1 else base) as stream:
-                        while chunk := stream.read(1 << 20):
-                            exported += len(chunk)
-                    samples.setdefault("diff (export)", []).append(time.perf_counter() - t0)
-                    for layer in reversed(stack):
-                        _timed(samples, "remove", d.remove, layer)
-            elapsed = time.perf_counter() - t_start
-            cli = (_compare_with_cli(d, base, prefix, 10)
-                   if shutil.which("btrfs") and not args.no_compare else None)
-        finally:
-            for info in [f for f in d.layer_infos() if f.id.startswith(prefix + "-")][::-1]:
-                d.remove(info.id)
-    apply_s = sum(samples.get("apply_diff", []))
-    export_s = sum(samples.get("diff (export)", []))
-    summary = {
-        "builds": args.builds, "layers_per_build": args.layers, "layers_created": created,
-        "seconds": round(elapsed, 3), "layers_per_second": round(created / elapsed, 1),
-        "applied_bytes": applied,
-        "applied_mib_per_second": round(applied / (1 << 20) / apply_s, 1) if apply_s else None,
-        "exported_bytes": exported,
-        "exported_mib_per_second": round(exported / (1 << 20) / export_s, 1) if export_s else None,
-        "median_seconds": {op: statistics.median(t) for op, t in samples.items()},
-        "compared_with_btrfs_command": cli,
-    }
+        result = demo.run(d, args.builds, args.layers, args.files, compare=not args.no_compare, progress=_progress)
+    summary = result.summary()
     if args.json:
         _emit_json(summary)
         return 0
+    created, elapsed, cli = result.created, result.elapsed, result.compared
     _table(["", ""], [
         ["layers created", f"{created} ({created / elapsed:.1f} per second)"],
-        ["applied", f"{_size(applied)} at {summary['applied_mib_per_second']} MiB/s"],
-        ["exported", f"{_size(exported)} at {summary['exported_mib_per_second']} MiB/s"],
+        ["applied", f"{_size(result.applied)} at {summary['applied_mib_per_second']} MiB/s"],
+        ["exported", f"{_size(result.exported)} at {summary['exported_mib_per_second']} MiB/s"],
         ["wall time", f"{elapsed:.2f} s"],
     ])
     _table(["OPERATION", "COUNT", "MEDIAN"],
-           [[op, len(t), f"{statistics.median(t) * 1e3:.3f} ms"] for op, t in samples.items()], right={1, 2})
+           [[op, len(t), f"{statistics.median(t) * 1e3:.3f} ms"] for op, t in result.samples.items()],
+           right={1, 2})
     if cli:
         console.print("the same snapshot and remove of the base layer, alternately:")
         _table(["OPERATION", "BTRFSX", "BTRFS COMMAND", "BTRFSX FASTER"],
@@ -684,6 +613,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("directory", help="the OCI image layout")
     p.add_argument("--tag", help="the image to import (default: the layout's only image)")
     command("gc", cmd_gc, "remove what interrupted operations left behind")
+    p = command("run", cmd_run, "run a command in a fresh copy of a layer, removed afterwards",
+                "run a command in a fresh writable copy (a snapshot) of layer TEMPLATE, with the copy as its\n"
+                "working directory and $BTRFSX_COPY; the copy is removed afterwards (kept for inspection with\n"
+                "--keep when the command fails).  The exit status is the command's.  With --build, TEMPLATE\n"
+                "is a template: built by running the shell command BUILD in an empty directory the first\n"
+                "time, and again whenever --key changes (e.g. --key \"$(sha256sum schema.sql)\").  A copy is\n"
+                "not a container: the command runs as you, with your network, mounts and processes.")
+    p.add_argument("--from", dest="template", required=True, metavar="TEMPLATE",
+                   help="the layer (or template) to copy")
+    p.add_argument("--keep", action="store_true", help="keep the copy when the command fails (exit status "
+                                                       "not 0, or killed); its path is printed")
+    p.add_argument("--build", metavar="COMMAND", help="build TEMPLATE with this shell command (sh -c) when it is "
+                                                      "missing or its key changed")
+    p.add_argument("--key", help="the inputs of --build, as a string: a different key rebuilds the template")
+    p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
     p = command("demo", cmd_demo, "the main job: a CI builder's day in small, timed")
     p.add_argument("--builds", type=int, default=20, help="builds to run (default 20)")
     p.add_argument("--layers", type=int, default=5, help="layers per build (default 5)")

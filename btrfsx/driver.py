@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO, NamedTuple
 
-from btrfsx import __version__, _ioctl, archive, quota, subvolume
+from btrfsx import _ioctl, archive, quota, subvolume
+from btrfsx._version import __version__
 from btrfsx.archive import Change
 from btrfsx.archive.native import NativeUnavailable, inodes_with_xattrs, native_changes
 from btrfsx.errors import ArchiveError, NativeChangesUnavailable, OptionError, PrerequisitesError
@@ -813,8 +814,7 @@ class Driver:
 
     def close(self) -> None:
         """The same as :meth:`cleanup`."""
-        if not self._store._closed:
-            self._store.close()
+        self._store.close()  # a no-op the second time
         if self._bind_mounted:
             try:
                 # lazily: other drivers (processes) may still work below it

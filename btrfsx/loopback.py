@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 from btrfsx import _ioctl
+from btrfsx._proc import pid_alive
 from btrfsx.mounts import is_mountpoint, mount_source
-from btrfsx.store import pid_alive
 
 __all__ = ["Loopback", "LoopbackError", "Embedded", "state_dir", "unavailable_reason", "sweep_stale",
            "IMAGE_PREFIX"]

@@ -29,6 +29,7 @@ from typing import BinaryIO, NamedTuple, cast
 
 from btrfsx.driver import Driver
 from btrfsx.errors import ArchiveError
+from btrfsx.store import OCI_MARKERS, read_marker
 
 __all__ = ["export_oci", "import_oci", "check_tag", "Descriptor", "Exported", "chain_ids",
            "MEDIA_TYPE_INDEX", "MEDIA_TYPE_MANIFEST", "MEDIA_TYPE_CONFIG", "MEDIA_TYPE_LAYER",
@@ -68,7 +69,7 @@ REF_GRAMMAR = 'ref ::= component ("/" component)*, component ::= alphanum (separ
 _COMPONENT = r"[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*"
 _REF_NAME = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
 #: Marks an imported layer as complete: ``home/.btrfsx/oci/<layer id>``.
-_MARKERS = os.path.join(".btrfsx", "oci")
+_MARKERS = OCI_MARKERS
 
 _GOARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "i386": "386",
            "i686": "386", "armv7l": "arm", "armv6l": "arm", "ppc64le": "ppc64le", "s390x": "s390x",
@@ -513,7 +514,7 @@ class _Markers:
         while True:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             fcntl.flock(fd, fcntl.LOCK_EX)
-            # gc_markers may have unlinked the file while this waited for it:
+            # Driver.gc may have unlinked the file while this waited for it:
             # a lock on an unlinked marker guards nothing
             try:
                 if os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino:
@@ -522,17 +523,7 @@ class _Markers:
                 pass
             os.close(fd)
 
-    @staticmethod
-    def read(fd: int) -> dict:
-        os.lseek(fd, 0, os.SEEK_SET)
-        data = b""
-        while chunk := os.read(fd, 65536):
-            data += chunk
-        try:
-            obj = json.loads(data)
-        except ValueError:
-            return {}  # empty, or torn by a crash while being written
-        return obj if isinstance(obj, dict) else {}
+    read = staticmethod(read_marker)
 
     @staticmethod
     def write(fd: int, record: dict) -> None:
@@ -635,34 +626,6 @@ def import_oci(driver: Driver, directory: str | os.PathLike, tag: str | None = N
 
 
 def gc_markers(driver: Driver) -> list[str]:
-    """Remove the import markers (``home/.btrfsx/oci/ID``) of layers that
-    are gone, or whose subvolume is not the one imported; returns their
-    ids.  A marker an import holds is left alone."""
-    directory = os.path.join(driver.home, _MARKERS)
-    try:
-        names = sorted(os.listdir(directory))
-    except FileNotFoundError:
-        return []
-    removed = []
-    for name in names:
-        path = os.path.join(directory, name)
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except (FileNotFoundError, OSError):
-            continue
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # an import is at work on it
-            record = _Markers.read(fd)
-            try:
-                alive = driver.exists(name) and bool(record.get("uuid")) and record.get("uuid") == _uuid(driver, name)
-            except ValueError:
-                alive = False  # not a layer id at all
-            if not alive:
-                os.unlink(path)
-                removed.append(name)
-        finally:
-            os.close(fd)
-    return removed
+    """The import markers :meth:`Driver.gc` removed (it collects them with
+    the rest); kept for callers of the earlier API."""
+    return list(driver.gc().oci_markers)

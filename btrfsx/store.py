@@ -20,6 +20,9 @@ and btrfsx's own working state beside it, which the original ignores::
                                 backup (a failed apply_diff): the parent UUID
                                 and the UUID it replaces, so the lineage btrfs
                                 records stays readable
+    home/.btrfsx/oci/ID         btrfsx.oci's import marker of layer ID: JSON
+                                naming the subvolume UUID it completed; also
+                                that import's lock (flock)
 
 An apply_diff snapshots the layer into its staging directory as ``backup``
 and then writes the file ``applying`` there (the layer id and UUIDs).  If it
@@ -47,15 +50,18 @@ from contextlib import contextmanager
 from typing import NamedTuple
 
 from btrfsx import _ioctl, quota, subvolume
+from btrfsx._proc import pid_alive  # store.pid_alive: kept importable from here
 
 SUBVOLUMES = "subvolumes"
 QUOTAS = "quotas"
 STATE = ".btrfsx"
+OCI_MARKERS = os.path.join(STATE, "oci")
 LOCK_STRIPES = 64
 BACKUP = "backup"
 APPLYING = "applying"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _DIR_NOFOLLOW = _DIR_FLAGS | os.O_NOFOLLOW
+_staging_counter = itertools.count()
 
 
 def _listdir(dirfd: int) -> list[str]:
@@ -108,9 +114,12 @@ class GcReport(NamedTuple):
     #: entries of ``subvolumes/`` that are not subvolumes (put there by hand):
     #: reported, never removed, and not counted by ``bool()``
     foreign: Sequence[str] = ()
+    #: OCI import markers (``home/.btrfsx/oci/ID``) of layers that are gone or
+    #: were made anew under their id, as layer ids
+    oci_markers: Sequence[str] = ()
 
     def __bool__(self) -> bool:
-        return bool(self.subvolumes or self.quota_files or self.qgroups)
+        return bool(self.subvolumes or self.quota_files or self.qgroups or self.oci_markers)
 
 
 class Store:
@@ -140,7 +149,6 @@ class Store:
         self._staging: list[tuple[str, int]] = []
         self._free_staging: list[int] = []
         self._staging_lock = threading.Lock()
-        self._counter = itertools.count()
         self._closed = False
 
     # ------------------------------------------------------------ locks
@@ -196,7 +204,9 @@ class Store:
             self._free_staging.append(fd)
 
     def _new_staging(self) -> int:
-        name = f"{os.getpid()}-{next(self._counter)}"
+        # numbered across every Store of the process: two drivers of one home
+        # in one process must not pick the same directory
+        name = f"{os.getpid()}-{next(_staging_counter)}"
         os.mkdir(name, 0o700, dir_fd=self.staging_root_fd)
         fd = os.open(name, _DIR_FLAGS, dir_fd=self.staging_root_fd)
         fcntl.flock(fd, fcntl.LOCK_EX)  # held until close: gc leaves live directories alone
@@ -543,7 +553,45 @@ class Store:
             if subvolumes:
                 _ioctl.sync(self.home_fd)  # a destroyed subvolume's root item loses its refs at commit
             self._prune_lineage()
-        return GcReport(subvolumes, quota_files, qgroups, self.foreign_entries())
+        return GcReport(subvolumes, quota_files, qgroups, self.foreign_entries(), self._gc_oci_markers())
+
+    def _gc_oci_markers(self) -> list[str]:
+        """Remove the OCI import markers of layers that are gone, or whose
+        subvolume is not the one the marker names; returns their ids.  A
+        marker an import holds (flock) is left alone."""
+        directory = os.path.join(self.home, OCI_MARKERS)
+        try:
+            names = sorted(os.listdir(directory))
+        except FileNotFoundError:
+            return []
+        removed = []
+        for name in names:
+            path = os.path.join(directory, name)
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError:
+                continue  # gone meanwhile, or not a marker file
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # an import is at work on it
+                if self._layer_uuid(name) is None or read_marker(fd).get("uuid") != self._layer_uuid(name):
+                    os.unlink(path)
+                    removed.append(name)
+            finally:
+                os.close(fd)
+        return removed
+
+    def _layer_uuid(self, name: str) -> str | None:
+        """The subvolume UUID of layer ``name``, or None when it is not a layer."""
+        if not self.is_layer(name):
+            return None
+        fd = os.open(name, _DIR_NOFOLLOW, dir_fd=self.subvolumes_fd)
+        try:
+            return str(_ioctl.get_subvolume_info(fd).uuid)
+        finally:
+            os.close(fd)
 
     def _prune_lineage(self) -> None:
         """Drop lineage records of subvolumes that no longer exist (a layer
@@ -591,12 +639,15 @@ class Store:
             os.close(fd)
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists (it may belong to another user)."""
+def read_marker(fd: int) -> dict:
+    """The JSON record of an OCI import marker open at ``fd``; empty when it
+    is empty or was torn by a crash while being written."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    data = b""
+    while chunk := os.read(fd, 65536):
+        data += chunk
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        record = json.loads(data)
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) else {}

@@ -12,6 +12,44 @@ in a top-level conftest).  Fixtures:
     cheaper, for tests that stay inside it.
 ``non_btrfs_dir``
     a directory on a filesystem that is not btrfs.
+``btrfs_template``
+    a factory of pristine copies of prepared trees (issue #18): the tree is
+    built once per session (or once for as long as its key holds, with
+    ``--btrfs-template-home``), every test gets a writable snapshot of it of
+    its own, removed when the test ends::
+
+        @pytest.fixture
+        def db(btrfs_template):
+            return btrfs_template("pg-data", build=init_db, key=file_key("schema.sql"))
+
+        def test_migration(db):        # db: a pathlib.Path, a fresh copy for this test
+            migrate(db)
+
+    ``build(path)`` fills an empty directory (a :class:`pathlib.Path`);
+    ``key`` (optional) is a string derived from its inputs
+    (:func:`btrfsx.template.file_key`), and a template built with another
+    key is rebuilt.  ``btrfs_template.template(name, build, key)`` gives the
+    :class:`btrfsx.template.Template` itself.
+``btrfs_templates``
+    the same templates for fixtures of any scope and for benchmarks:
+    ``btrfs_templates.get(name, build, key=None)`` is the session's
+    :class:`~btrfsx.template.Template`; each round of a pytest-benchmark
+    can start from pristine state with ``tpl.reset``::
+
+        def test_query(benchmark, btrfs_templates):
+            tpl = btrfs_templates.get("pg-data", build=init_db)
+            with tpl.copy() as path:
+                benchmark.pedantic(run_query, setup=lambda: ((tpl.reset(path),), {}), rounds=20)
+
+Where templates live: with ``--btrfs-template-home DIR`` (or
+``$BTRFSX_TEMPLATE_HOME``), in the btrfsx store at DIR, kept between runs
+(a directory on btrfs, made if missing).  Otherwise on the session's btrfs
+filesystem (``btrfs_session_fs``), gone with it.  Under pytest-xdist every
+worker is a session of its own, so there they live on one loopback
+filesystem all workers of the run share instead: the controller chooses
+it, the first worker to need it makes it (under a lock), every worker
+builds, waits for or uses each template there (one build per template and
+run), and the controller unmounts and detaches it at the end of the run.
 
 Where btrfs cannot be had (not Linux, not root, no loop devices, no
 btrfs-progs) the tests that use these skip with the reason, except when the
@@ -23,16 +61,23 @@ that was killed are swept at the start of the session.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import subprocess
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from btrfsx import _ioctl, subvolume
-from btrfsx.loopback import Loopback, sweep_stale, unavailable_reason
+from btrfsx.driver import Driver
+from btrfsx.errors import PrerequisitesError
+from btrfsx.loopback import IMAGE_PREFIX, Loopback, sweep_stale, unavailable_reason
+from btrfsx.mounts import is_mountpoint, mount_source
+from btrfsx.template import Template
 
 
 def pytest_addoption(parser):
@@ -42,6 +87,10 @@ def pytest_addoption(parser):
                          "or $BTRFSX_TEST_IMAGE_DIR)")
     group.addoption("--btrfs-image-size", type=int, default=1 << 30,
                     help="size in bytes of each loopback image (sparse; default 1 GiB)")
+    group.addoption("--btrfs-template-home", default=os.environ.get("BTRFSX_TEMPLATE_HOME") or None,
+                    help="a btrfsx store (a directory on btrfs) where the btrfs_template fixtures keep their "
+                         "templates between runs (default: the session's loopback filesystem, shared by the "
+                         "workers of a pytest-xdist run; or $BTRFSX_TEMPLATE_HOME)")
 
 
 def _unavailable(reason: str):
@@ -195,3 +244,154 @@ def non_btrfs_dir(tmp_path) -> Iterator[Path]:
         yield target
     finally:
         subprocess.run(["umount", "-l", str(target)], check=False)
+
+
+# ---------------------------------------------------------------- templates (issue #18)
+
+class TemplateSet:
+    """The session's templates, one :class:`~btrfsx.template.Template` per
+    name, all in one store (``home``), through one Driver."""
+
+    def __init__(self, home: Path):
+        self.home = home
+        self.driver = Driver(home)
+        self._templates: dict[str, Template] = {}
+
+    def get(self, name: str, build: Callable[[Path], object] | None, key: str | None = None) -> Template:
+        """Template ``name``, built with ``build`` if it is missing or was
+        built with another key.  Asking for one name with two keys in one
+        session is a ValueError: the two would rebuild it in turn."""
+        tpl = self._templates.get(name)
+        if tpl is None:
+            tpl = self._templates[name] = Template(self.driver, name, build, key)
+        elif tpl.key != key:
+            raise ValueError(f"template {name!r} asked for with key {key!r}, and with key {tpl.key!r} before "
+                             "in this session: give each set of inputs a name of its own")
+        tpl.ensure()
+        return tpl
+
+    def close(self) -> None:
+        for tpl in self._templates.values():
+            tpl.close()
+        self._templates.clear()
+        self.driver.close()
+
+
+class TemplateCopies:
+    """What the ``btrfs_template`` fixture gives a test: call it for a fresh
+    copy of a template, removed when the test ends."""
+
+    def __init__(self, templates: TemplateSet, stack: contextlib.ExitStack):
+        self.templates = templates
+        self._stack = stack
+
+    def __call__(self, name: str, build: Callable[[Path], object] | None, key: str | None = None) -> Path:
+        """The path of a fresh writable copy of template ``name`` (built first if need be)."""
+        return self._stack.enter_context(self.templates.get(name, build, key).copy())
+
+    def template(self, name: str, build: Callable[[Path], object] | None, key: str | None = None) -> Template:
+        """The session's :class:`~btrfsx.template.Template` itself."""
+        return self.templates.get(name, build, key)
+
+
+_XDIST = pytest.StashKey[dict]()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """pytest-xdist's controller, before starting each worker: tell it where
+    the run's shared template filesystem goes (made by the first worker to
+    need it, removed by the controller at the end)."""
+    config = node.config
+    info = config.stash.get(_XDIST, None)
+    if info is None:
+        shared = tempfile.mkdtemp(prefix="btrfsx-xdist-")
+        # named as Loopback names its images, after this (the controller's)
+        # pid: sweep_stale frees it if the run is killed
+        image = os.path.join(os.path.abspath(config.getoption("--btrfs-image-dir")),
+                             f"{IMAGE_PREFIX}{os.getpid()}-xdist.img")
+        info = {"dir": shared, "image": image, "size": config.getoption("--btrfs-image-size")}
+        config.stash[_XDIST] = info
+    node.workerinput["btrfsx_templates"] = info
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """In pytest-xdist's controller, once every worker has finished: unmount
+    and detach the shared template filesystem (before the run checks for
+    leaked loop devices)."""
+    info = session.config.stash.get(_XDIST, None)
+    if info is not None:
+        _destroy_shared(info)
+
+
+def _destroy_shared(info: dict) -> None:
+    shared = Path(info["dir"])
+    mnt = shared / "mnt"
+    image = Path(info["image"])
+    if is_mountpoint(str(mnt)):
+        Loopback(image, mount_source(mnt), mnt, owns_image=True, owns_mountpoint=True).close()
+    elif image.exists():
+        # a worker died between attaching and mounting it
+        out = subprocess.run(["losetup", "--associated", str(image), "--noheadings", "--output", "NAME"],
+                             capture_output=True, text=True).stdout
+        for dev in out.split():
+            subprocess.run(["losetup", "-d", dev], capture_output=True)
+        image.unlink()
+    with contextlib.suppress(OSError):
+        os.unlink(shared / "lock")
+    for directory in (mnt, shared):
+        with contextlib.suppress(OSError):
+            os.rmdir(directory)
+
+
+def _shared_home(request: pytest.FixtureRequest, info: dict) -> Path:
+    """The xdist run's shared filesystem, made by the first worker to get here."""
+    request.getfixturevalue("btrfs_available")
+    shared = Path(info["dir"])
+    mnt = shared / "mnt"
+    fd = os.open(shared / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if not is_mountpoint(str(mnt)):
+            image = Path(info["image"])
+            try:
+                fs = Loopback.create(image.parent, mnt, size=info["size"], image=image)
+            except Exception as e:
+                _unavailable(f"could not make the loopback btrfs filesystem the xdist workers share: {e}")
+                raise
+            fs._owns_image = fs._owns_mountpoint = False  # the controller removes it
+    finally:
+        os.close(fd)
+    return mnt  # the mount's root: drivers on it bind-mount nothing
+
+
+@pytest.fixture(scope="session")
+def btrfs_templates(request: pytest.FixtureRequest) -> Iterator[TemplateSet]:
+    """The session's templates (see the module's docstring): a
+    :class:`TemplateSet`, ``.get(name, build, key=None)`` gives one."""
+    given = request.config.getoption("--btrfs-template-home")
+    xdist = getattr(request.config, "workerinput", {}).get("btrfsx_templates")
+    if given:
+        home = Path(given).absolute()
+    elif xdist:
+        home = _shared_home(request, xdist)
+    else:
+        home = request.getfixturevalue("btrfs_session_fs").mountpoint / "btrfsx-templates"
+    try:
+        templates = TemplateSet(home)
+    except PrerequisitesError as e:
+        _unavailable(f"--btrfs-template-home / BTRFSX_TEMPLATE_HOME: {e}")
+        raise
+    try:
+        yield templates
+    finally:
+        templates.close()
+
+
+@pytest.fixture
+def btrfs_template(btrfs_templates: TemplateSet) -> Iterator[TemplateCopies]:
+    """``btrfs_template(name, build, key=None)``: the path of a fresh copy of
+    a template for this test, removed when it ends (see the module's docstring)."""
+    with contextlib.ExitStack() as stack:
+        yield TemplateCopies(btrfs_templates, stack)

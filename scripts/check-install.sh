@@ -126,6 +126,13 @@ check 0 apply apply app2 "$work/app.tar" --home "$H"
 check 0 export-oci export-oci app "$work/image" --tag v1 --home "$H"
 check 1 export-oci export-oci app "$work/image" --tag 'bad tag!' --home "$H"
 check 0 import-oci import-oci "$work/image" --tag v1 --home "$H"
+check 0 run --home "$H" run --from base -- cat hello
+[ "$(cat "$out")" = "hello" ] || fail "run printed: $(cat "$out")"
+check 3 run --home "$H" run --from base --keep -- sh -c 'echo x >result; exit 3'
+kept=$(sed -n 's/.*its copy is kept at \([^ ]*\) .*/\1/p' "$out")
+[ -f "$kept/result" ] || fail "run --keep did not keep the copy: $(cat "$out")"
+check 0 rm rm "$(basename "$kept")" --home "$H"
+check 0 run --home "$H" run --from fixture --build 'echo built >marker' --key v1 -- test -f marker
 check 0 gc gc --home "$H"
 check 0 loopback loopback status
 check 0 loopback loopback destroy
@@ -139,7 +146,7 @@ else
 fi
 check 1 rm rm app nosuch --home "$H"
 check 1 rm rm base --home "$H"                       # it has children
-check 0 rm rm app app2 sized base --home "$H"
+check 0 rm rm app app2 sized base fixture --home "$H"
 check 0 ls ls --json --home "$H"
 
 # ---------------------------------------------------------------- nothing left out

@@ -15,7 +15,22 @@ def pytest_addoption(parser):
                      help="also run the long fault, fuzz and scale tests (marked slow)")
 
 
+#: Every btrfs fixture of btrfsx.testing depends on btrfs_available, or on
+#: btrfs_templates (which asks for the filesystem at run time, out of pytest's
+#: sight), so a test whose fixtures reach one needs a loop device, whichever
+#: module it is in: marking from the fixtures keeps ``-m "not btrfs"`` off loop
+#: devices even in modules that mix pure-logic and btrfs tests.
+BTRFS_FIXTURES = {"btrfs_available", "btrfs_templates"}
+#: Modules whose tests make loopback filesystems without those fixtures and do
+#: not carry ``pytestmark = pytest.mark.btrfs`` themselves yet.
+BTRFS_MODULES = {"test_diff.py"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if BTRFS_FIXTURES.intersection(getattr(item, "fixturenames", ())) or item.path.name in BTRFS_MODULES:
+            item.add_marker(pytest.mark.btrfs)
     if config.getoption("--run-slow"):
         return
     skip = pytest.mark.skip(reason="slow: run with --run-slow")
@@ -32,7 +47,7 @@ def home(btrfs_fs):
 
 @pytest.fixture
 def driver(home):
-    """A Driver on ``home``; cleaned up (quotas off, fds closed) afterwards."""
+    """A Driver on ``home``; cleaned up (its fds closed) afterwards."""
     d = Driver(home)
     try:
         yield d

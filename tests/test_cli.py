@@ -15,7 +15,7 @@ from tests_support import attached_images
 
 COMMANDS = ["create", "rm", "path", "exists", "status", "ls", "changes", "diff", "apply", "diff-size", "gc",
             "export-oci", "import-oci",
-            "demo", "loopback", "quota"]
+            "demo", "loopback", "quota", "run"]
 
 
 @pytest.fixture
@@ -158,6 +158,51 @@ def test_gc_reports_what_it_removed(home):
     assert not (home / "quotas" / "ghost").exists()
     (home / "quotas" / "ghost2").write_text("1000")
     assert run("gc", home=home).stdout.decode().strip() == f"removed quota file: {home / 'quotas' / 'ghost2'}"
+    # a template copy whose process is gone (pid 4194304 is above the kernel's pid_max)
+    run("create", "tpl@copy-4194304-0", home=home)
+    run("create", "tpl@keep-4194304-1", home=home)
+    assert run_json("gc", home=home)["template_copies"] == ["tpl@copy-4194304-0"]
+    assert sorted(layer["id"] for layer in run_json("ls", home=home)) == ["base", "tpl@keep-4194304-1"]
+
+
+def test_run_in_a_fresh_copy_of_a_layer(home):
+    run("create", "fixture", home=home)
+    (home / "subvolumes" / "fixture" / "data").write_text("pristine")
+    script = 'test "$PWD" = "$BTRFSX_COPY" && cat data && echo dirty > data'
+    proc = run("--home", str(home), "run", "--from", "fixture", "--", "sh", "-c", script)
+    assert proc.stdout == b"pristine"
+    assert (home / "subvolumes" / "fixture" / "data").read_text() == "pristine"
+    assert [layer["id"] for layer in run_json("ls", home=home)] == ["fixture"]  # the copy is gone
+    # the command's exit status; a failed command's copy kept with --keep, named on stderr
+    failed = run("--home", str(home), "run", "--from", "fixture", "--keep", "--", "sh", "-c", "echo x >out; exit 3",
+                 check=False)
+    assert failed.returncode == 3
+    (kept,) = [layer["id"] for layer in run_json("ls", home=home) if layer["id"] != "fixture"]
+    assert kept.startswith("fixture@keep-") and kept in failed.stderr.decode()
+    assert (home / "subvolumes" / kept / "out").read_text() == "x\n"
+    assert run("--home", str(home), "run", "--from", "fixture", "--", "sh", "-c", "exit 4", check=False).returncode == 4
+    assert run("--home", str(home), "run", "--from", "fixture", "--", "sh", "-c", "kill -9 $$",
+               check=False).returncode == 128 + 9
+    assert sorted(layer["id"] for layer in run_json("ls", home=home)) == ["fixture", kept]
+    # options after the command are the command's
+    echoed = run("--home", str(home), "run", "--from", "fixture", "--", "echo", "--json", "-o", "x").stdout
+    assert echoed == b"--json -o x\n"
+    assert run("--home", str(home), "run", "--from", "fixture", "echo", "--keep").stdout == b"--keep\n"
+
+
+def test_run_builds_a_template_from_a_shell_command_once_per_key(home):
+    def stamp(key):
+        return run("--home", str(home), "run", "--from", "db", "--build", "echo $$ > stamp", "--key", key, "--",
+                   "cat", "stamp").stdout
+    first = stamp("v1")
+    assert stamp("v1") == first
+    assert stamp("v2") != first
+    failed = run("--home", str(home), "run", "--from", "db2", "--build", "exit 5", "--key", "v1", "--", "true",
+                 check=False)
+    assert failed.returncode == 1
+    assert failed.stderr.decode() == ("btrfsx: template build command 'exit 5' failed (exit status 5); nothing of "
+                                      "it was kept\n")
+    assert sorted(layer["id"] for layer in run_json("ls", home=home)) == ["db"]
 
 
 # ---------------------------------------------------------------- errors

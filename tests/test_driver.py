@@ -16,6 +16,8 @@ from btrfsx import CreateOpts, Driver, IDMap, MountOpts, OptionError, Prerequisi
 from btrfsx.mounts import is_mountpoint
 from tests_support import limit_of, subvolume_id, write_past
 
+pytestmark = pytest.mark.btrfs
+
 BAD_IDS = ["", ".", "..", "a/b", "a\0b", "x" * 256]
 
 

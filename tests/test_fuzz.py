@@ -6,14 +6,17 @@ generated, possibly hostile tar streams.
 The reliability issue's requirement: every entry point refuses malformed
 input with a clear error and no side effect.
 
-The inputs Hypothesis found that are btrfsx bugs are kept, unfixed: as
-plain regression tests (section 5) and as explicit ``@example``s of the
-property that found them, so those fail until btrfsx is fixed.  Where a
-known bug would stop an expensive property at its first example (the
-apply_diff fuzz, the end-to-end id property), the triggering inputs are
-split off into a property of their own (test_apply_diff_with_out_of_range_metadata)
-or left to the regression tests, and the main property keeps exploring
-the rest.
+The inputs Hypothesis found that were btrfsx bugs were fixed with this
+module (an id holding a newline in the apply marker, quota file names of
+long multibyte ids, out-of-range tar metadata escaping as OverflowError or
+ValueError, layer_infos taking ids unchecked, options trimmed unlike Go's
+TrimSpace) and are kept so they stay fixed: as plain regression tests (section 5) and as explicit ``@example``s
+of the property that found them.  While they were open the inputs that
+stopped an expensive property at its first example were split off, and the
+split stays, so each property keeps its budget of examples for the rest:
+out-of-range metadata has its own property
+(test_apply_diff_with_out_of_range_metadata), and the end-to-end id
+property draws ids without a newline, which section 5 covers.
 
 Hypothesis keeps no example database here (``database=None``) and its
 Unicode cache goes to the temporary directory: nothing is written into the
@@ -244,7 +247,7 @@ def _model_driver_options(options: list[str]):
 @example(["btrfs.min_space=1.5.5g"])
 @example(["btrfs.min_space=18446744073709551616"])
 @example(["btrfs.unknown=1"])
-@example(["btrfs.min_space=0\x1f"])  # found: a btrfsx bug (section 5)
+@example(["btrfs.min_space=0\x1f"])  # found: a btrfsx bug, fixed (section 5)
 def test_parse_driver_options_returns_options_or_raises_option_error(options):
     expected = _model_driver_options(options)
     try:
@@ -262,7 +265,7 @@ def test_parse_driver_options_returns_options_or_raises_option_error(options):
 
 @FAST
 @given(any_text)
-@example("\x1f=")  # found: a btrfsx bug (section 5)
+@example("\x1f=")  # found: a btrfsx bug, fixed (section 5)
 def test_parse_key_value_splits_or_raises_option_error(option):
     try:
         key, value = parse_key_value(option)
@@ -343,8 +346,8 @@ def id_is_valid(layer_id: str) -> bool:
 
 
 valid_ids = layer_ids.filter(id_is_valid).filter(lambda i: i not in ("base", "fresh", "child"))
-#: Valid ids without a newline: one with a newline hits a known bug (section
-#: 5, test_regression_*_newline_*), which would stop the end-to-end property.
+#: Valid ids without a newline, for the end-to-end property: ids with one
+#: are section 5's (test_regression_*_newline_*), from when they were a bug.
 valid_ids_without_newline = valid_ids.filter(lambda i: "\n" not in i)
 bad_ids = layer_ids.filter(lambda i: not id_is_valid(i))
 
@@ -460,7 +463,7 @@ def test_a_bad_layer_id_is_refused_with_no_side_effect(id_driver, bad, entry_poi
 @example("../subvolumes/base")
 @example("a\0b")
 def test_layer_infos_refuses_a_bad_layer_id(id_driver, bad):
-    """Bug (kept as found): Driver.layer_infos(ids) never calls
+    """Fixed bug: Driver.layer_infos(ids) did not call
     check_layer_id: ".." and "." come back as layers (the filesystem's
     top-level subvolume, with its UUID), "../subvolumes/base" as a layer of
     that name, and a NUL gives a bare "embedded null byte"."""
@@ -734,9 +737,9 @@ PAX_OVERRIDES = {
     "SCHILY.xattr.": ["v"],
     "SCHILY.xattr.user." + "k" * 300: ["v"],
 }
-#: What the main stream generator leaves to test_apply_diff_with_out_of_range_metadata,
-#: because each of these still hits a known btrfsx bug (section 5): numbers
-#: outside uid_t and time_t, NaN and Infinity, an xattr name with a NUL.
+#: What the main stream generator leaves to test_apply_diff_with_out_of_range_metadata
+#: (once btrfsx bugs, section 5): numbers outside uid_t and time_t, NaN and
+#: Infinity, an xattr name with a NUL; each must be an ArchiveError.
 OUT_OF_RANGE_IDS = [-5, 2 ** 32, 2 ** 40]
 OUT_OF_RANGE_MTIMES = [10 ** 30, -(10 ** 30)]
 OUT_OF_RANGE_PAX = {
@@ -986,11 +989,11 @@ def _one_file(**meta) -> tuple:
 def test_apply_diff_with_out_of_range_metadata(apply_env, spec):
     """The same property on streams that also carry uids, gids and mtimes
     outside uid_t/time_t, NaN/Infinity mtimes and xattr names with NUL: the
-    examples are btrfsx bugs (section 5), so this fails until they are fixed."""
+    examples are the inputs that found the bugs of section 5."""
     check_one_stream(apply_env, spec)
 
 
-# ================================================================ 5. regressions: btrfsx bugs found here
+# ================================================================ 5. regressions: btrfsx bugs found here, fixed
 
 def _plain_tar(*entries) -> bytes:
     """A PAX tar of TarInfo objects (regular files get their size of bytes)."""
@@ -1025,7 +1028,7 @@ HOSTILE_PAX_VALUES = {
 
 @pytest.mark.parametrize("case", list(HOSTILE_PAX_VALUES))
 def test_regression_hostile_pax_values_are_archive_errors(apply_env, case):
-    """Bug: a uid/gid outside uid_t, an mtime outside time_t (or NaN,
+    """Fixed bug: a uid/gid outside uid_t, an mtime outside time_t (or NaN,
     Infinity) escapes apply_diff as OverflowError/ValueError, and an xattr
     name with a NUL byte as ValueError("embedded null byte"), instead of
     ArchiveError (btrfsx/archive/apply.py, _Applier.metadata_fd/metadata:
@@ -1047,7 +1050,7 @@ def test_regression_hostile_pax_values_are_archive_errors(apply_env, case):
 
 
 def test_regression_a_failed_apply_diff_on_an_id_with_a_newline_is_undone(id_driver):
-    """Bug: begin_apply records "ID\\nBACKUP-UUID\\n" and abort_apply splits
+    """Fixed bug: begin_apply records "ID\\nBACKUP-UUID\\n" and abort_apply splits
     on the first newline, so for a valid id holding one ("c\\nd") it swaps
     the backup with the layer named by the id's first line ("c") -- another
     layer, whose files are then deleted with the backup -- and leaves the
@@ -1067,7 +1070,7 @@ def test_regression_a_failed_apply_diff_on_an_id_with_a_newline_is_undone(id_dri
 
 @pytest.mark.parametrize("layer_id", ["a\n", "x\ny"])
 def test_regression_a_successful_apply_diff_on_an_id_with_a_newline_commits_cleanly(id_driver, layer_id):
-    """Bug, same cause as above, on success: commit_apply takes the second
+    """Fixed bug, same cause as above, on success: commit_apply takes the second
     line of "ID\nBACKUP-UUID\n" for the backup's UUID.  For "a\n" that is
     "", and forget_lineage("") unlinks the lineage directory itself:
     IsADirectoryError after the commit point (the diff is applied, the
@@ -1083,7 +1086,7 @@ def test_regression_a_successful_apply_diff_on_an_id_with_a_newline_commits_clea
 @pytest.mark.parametrize("layer_id", ["\u00e9" * 127, "\U0001F600" * 63, "\u20ac" * 85],
                          ids=["e-acute x127", "emoji x63", "euro x85"])
 def test_regression_a_size_limit_works_for_a_long_multibyte_id(id_driver, layer_id):
-    """Bug: Store.write_quota names its temporary file ".{id[:200]}.PID.TID.tmp",
+    """Fixed bug: Store.write_quota names its temporary file ".{id[:200]}.PID.TID.tmp",
     cutting the id by characters, not bytes: a valid id of more than about
     225 bytes in multibyte characters gives a name over 255 bytes, and
     create(..., storage_opt={"size": ...}) fails with ENAMETOOLONG."""
@@ -1099,7 +1102,7 @@ def test_regression_a_size_limit_works_for_a_long_multibyte_id(id_driver, layer_
 @pytest.mark.parametrize("option", ["btrfs.size=1G\x1f", "btrfs.size\x1c=1G", "\x1dbtrfs.min_space=1G",
                                     "btrfsx.quota=simple\x1e"], ids=["US", "FS", "GS", "RS"])
 def test_regression_options_are_trimmed_as_go_trims_them(option):
-    """Bug: parse_key_value strips with str.strip(), which also removes
+    """Fixed bug: parse_key_value strips with str.strip(), which also removes
     U+001C..U+001F; Go's strings.TrimSpace (parsers.ParseKeyValueOpt, which
     it claims to mirror) does not, so containers/storage refuses these
     options and btrfsx accepts them."""

@@ -34,6 +34,8 @@ import pytest
 
 from btrfsx import CreateOpts, Driver, MountOpts, _ioctl
 
+pytestmark = pytest.mark.btrfs
+
 # graphtest_unix.go's constants.  The root of a layer made without a parent
 # has mode 0555: containers/storage's btrfs driver chmods it to its
 # defaultPerms (0555), and so does btrfsx.  Older graphtest versions (and

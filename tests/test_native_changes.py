@@ -52,6 +52,8 @@ from btrfsx.archive.changes import changes as naive_changes
 from btrfsx.archive.native import native_changes
 from btrfsx.testing import build_layer
 
+pytestmark = pytest.mark.btrfs
+
 ADD, MODIFY, DELETE = ChangeKind.ADD, ChangeKind.MODIFY, ChangeKind.DELETE
 KiB = 1024
 

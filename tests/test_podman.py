@@ -24,8 +24,9 @@ import zstandard
 
 from btrfsx import ChangeKind, Driver
 from btrfsx.oci import MEDIA_TYPE_LAYER, MEDIA_TYPE_LAYER_GZIP, MEDIA_TYPE_LAYER_ZSTD, export_oci, import_oci
-from test_oci import _open, assert_same_tree, make_chain, members
-from test_registry import need
+from tests_support import assert_same_tree, driver_at, make_chain, members, need
+
+pytestmark = pytest.mark.btrfs
 
 
 class Podman:
@@ -105,17 +106,17 @@ def podman(btrfs_fs, tmp_path):
 @pytest.fixture
 def pdriver(podman):
     """A Driver on podman's btrfs home; closed before podman's store is reset."""
-    yield from _open(podman.home)
+    yield from driver_at(podman.home)
 
 
 @pytest.fixture
 def src(btrfs_fs):
-    yield from _open(btrfs_fs.mountpoint / "btrfsx-a")
+    yield from driver_at(btrfs_fs.mountpoint / "btrfsx-a")
 
 
 @pytest.fixture
 def dst(btrfs_fs):
-    yield from _open(btrfs_fs.mountpoint / "btrfsx-b")
+    yield from driver_at(btrfs_fs.mountpoint / "btrfsx-b")
 
 
 def _saved_layers(podman: Podman, image_id: str, out: Path) -> list[bytes]:

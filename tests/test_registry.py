@@ -8,8 +8,6 @@ tests skip with the reason, or fail where ``CI`` is set.
 """
 
 import json
-import os
-import shutil
 import socket
 import subprocess
 import time
@@ -19,16 +17,9 @@ import urllib.request
 import pytest
 
 from btrfsx.oci import chain_ids, export_oci, import_oci
-from test_oci import _open, assert_same_tree, make_chain
+from tests_support import assert_same_tree, driver_at, make_chain, need
 
-
-def need(*tools: str) -> None:
-    missing = [t for t in tools if shutil.which(t) is None]
-    if missing:
-        reason = f"{', '.join(missing)} not installed (bash scripts/bootstrap.sh installs it)"
-        if os.environ.get("CI"):
-            pytest.fail(f"required in CI: {reason}", pytrace=False)
-        pytest.skip(reason)
+pytestmark = pytest.mark.btrfs
 
 
 def run(*argv, timeout: float = 60) -> str:
@@ -90,12 +81,12 @@ def policy(tmp_path) -> str:
 
 @pytest.fixture
 def src(btrfs_dir):
-    yield from _open(btrfs_dir / "a")
+    yield from driver_at(btrfs_dir / "a")
 
 
 @pytest.fixture
 def dst(btrfs_dir):
-    yield from _open(btrfs_dir / "b")
+    yield from driver_at(btrfs_dir / "b")
 
 
 @pytest.fixture

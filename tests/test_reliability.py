@@ -16,6 +16,8 @@ import pytest
 from btrfsx import CreateOpts, Driver, _ioctl
 from btrfsx.loopback import Loopback
 
+pytestmark = pytest.mark.btrfs
+
 
 def fingerprint(root: Path) -> dict:
     out = {}
