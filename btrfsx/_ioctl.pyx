@@ -5,8 +5,14 @@ Mechanism only: every function takes file descriptors (and, where the kernel
 wants one, a single directory-entry name), packs the kernel's argument struct,
 issues the ioctl with the GIL released, retries on EINTR, and raises
 ``OSError`` (of the subclass its errno maps to) naming the path involved.
-There is no policy here: no recursion, no retries beyond EINTR, no quota mode
-choices.  Those live in the Python modules above.
+There is no policy here: no choices of quota mode, no deciding what a result
+means for a layer, nothing that knows the store.  Those live in the Python
+modules above.  Two small loops do live here, as mechanism that costs less in
+C than through Python: ``subvolume_descendants`` follows ROOT_REF items
+breadth-first in one call (every nested subvolume for one remove, instead of
+one tree search per level from Python), and ``openat2`` retries EAGAIN, which
+the kernel returns when a concurrent rename or mount races a RESOLVE_BENEATH
+lookup (a retry like EINTR's, bounded at 16, not a decision).
 """
 
 import os

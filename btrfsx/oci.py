@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import gzip
 import hashlib
 import io
 import json
@@ -27,6 +26,7 @@ import zlib
 from collections.abc import Callable
 from typing import BinaryIO, NamedTuple, cast
 
+from btrfsx.archive.apply import decompressor, stream_error, stream_errors
 from btrfsx.driver import Driver
 from btrfsx.errors import ArchiveError
 from btrfsx.store import OCI_MARKERS, read_marker
@@ -484,19 +484,33 @@ def _pick_manifest(directory: str, tag: str | None) -> Descriptor:
     return desc
 
 
-def _decompressor(raw: io.RawIOBase, compression: str | None) -> BinaryIO:
-    buffered = io.BufferedReader(raw, _CHUNK)
-    if compression == "gzip":
-        return cast(BinaryIO, gzip.GzipFile(fileobj=buffered, mode="rb"))
-    if compression == "zstd":
-        import zstandard
-        return zstandard.ZstdDecompressor().stream_reader(buffered, read_across_frames=True)
-    return buffered
+class _Decompressing(io.RawIOBase):
+    """The tar bytes of ``blob``, compressed with ``compression``: a stream
+    that is corrupt or cut short raises ArchiveError naming the blob
+    (``what()``) and saying what is wrong, where."""
 
+    def __init__(self, blob: _Verifying, compression: str, what: Callable[[], str]):
+        self.blob = blob
+        self.compression = compression
+        self.what = what
+        self.inner = decompressor(cast(BinaryIO, io.BufferedReader(blob, _CHUNK)), compression)
+        self.errors = stream_errors()
 
-def _decode_errors() -> tuple[type[BaseException], ...]:
-    import zstandard
-    return (EOFError, zlib.error, gzip.BadGzipFile, zstandard.ZstdError)
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        try:
+            data = self.inner.read(len(b))
+        except ArchiveError as e:
+            if str(e).startswith(self.what()):
+                raise  # the blob's own digest or size check
+            raise ArchiveError(f"{self.what()}: {e}") from None
+        except self.errors as e:
+            raise ArchiveError(f"{self.what()}: {stream_error(e, self.compression, self.blob.count)}") from None
+        n = len(data)
+        b[:n] = data
+        return n
 
 
 class _Markers:
@@ -554,19 +568,16 @@ def _apply_layer(driver: Driver, directory: str, layer_id: str, parent: str | No
         raise FileNotFoundError(errno.ENOENT, f"{directory}: layer blob {desc.digest} is missing", path) from None
     with f:
         blob = _Verifying(f, desc.digest, desc.size, lambda: f"{directory}: layer blob {desc.digest}")
-        plain = _Verifying(_decompressor(blob, compression), diff_id, None,
+        tar = _Decompressing(blob, compression or "tar", lambda: f"{directory}: layer blob {desc.digest}")
+        plain = _Verifying(cast(BinaryIO, tar), diff_id, None,
                            lambda: f"{directory}: layer blob {desc.digest} uncompressed (its diff id)")
         driver.create(layer_id, parent)
         try:
-            try:
-                driver.apply_diff(layer_id, parent, io.BufferedReader(plain, _CHUNK))
-                # tar readers stop at the end-of-archive blocks: what follows
-                # still counts towards both digests.
-                plain.drain()
-                blob.drain()
-            except _decode_errors() as e:
-                raise ArchiveError(f"{directory}: layer blob {desc.digest} cannot be decompressed "
-                                   f"({compression}): {e}") from None
+            driver.apply_diff(layer_id, parent, io.BufferedReader(plain, _CHUNK))
+            # tar readers stop at the end-of-archive blocks: what follows
+            # still counts towards both digests.
+            plain.drain()
+            blob.drain()
         except BaseException as e:
             try:
                 driver.remove(layer_id)

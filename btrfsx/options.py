@@ -61,9 +61,10 @@ def parse_driver_options(options: Iterable[str]) -> DriverOptions:
         elif key == "btrfs.mountopt":
             raise OptionError("btrfs driver does not support mount options")
         elif key == "btrfsx.quota":
-            if value.lower() not in QUOTA_MODES:
+            mode = {"qgroups": "qgroup"}.get(value.lower(), value.lower())   # as status() spelled it before 0.1.0
+            if mode not in QUOTA_MODES:
                 raise OptionError(f"btrfsx.quota must be one of {', '.join(QUOTA_MODES)}, not {value!r}")
-            values["quota_mode"] = value.lower()
+            values["quota_mode"] = mode
         elif key == "btrfsx.changes":
             if value.lower() not in CHANGES_MODES:
                 raise OptionError(f"btrfsx.changes must be one of {', '.join(CHANGES_MODES)}, not {value!r}")

@@ -13,12 +13,20 @@ log = logging.getLogger("btrfsx.quota")
 
 
 class QuotaMode(str, enum.Enum):
+    """A filesystem's quota mode, spelled as the ``btrfsx.quota`` option
+    spells it (``QuotaMode("qgroups")``, the spelling before 0.1.0, is
+    still QGROUP)."""
+
     OFF = "off"
-    QGROUP = "qgroups"
+    QGROUP = "qgroup"
     SIMPLE = "simple"
 
     def __str__(self) -> str:
         return self.value
+
+    @classmethod
+    def _missing_(cls, value: object) -> QuotaMode | None:
+        return cls.QGROUP if value == "qgroups" else None
 
 
 def mode(fd: int) -> QuotaMode:

@@ -21,15 +21,12 @@ def pytest_addoption(parser):
 #: module it is in: marking from the fixtures keeps ``-m "not btrfs"`` off loop
 #: devices even in modules that mix pure-logic and btrfs tests.
 BTRFS_FIXTURES = {"btrfs_available", "btrfs_templates"}
-#: Modules whose tests make loopback filesystems without those fixtures and do
-#: not carry ``pytestmark = pytest.mark.btrfs`` themselves yet.
-BTRFS_MODULES = {"test_diff.py"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if BTRFS_FIXTURES.intersection(getattr(item, "fixturenames", ())) or item.path.name in BTRFS_MODULES:
+        if BTRFS_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.btrfs)
     if config.getoption("--run-slow"):
         return

@@ -30,6 +30,9 @@ import zstandard
 from btrfsx import ArchiveError, Change, ChangeKind, Driver, IDMap, UnsafeArchiveError, _ioctl
 from btrfsx.loopback import Loopback
 
+#: every test here applies or exports on loopback filesystems (some through Loopback itself)
+pytestmark = pytest.mark.btrfs
+
 ADD, MODIFY, DELETE = ChangeKind.ADD, ChangeKind.MODIFY, ChangeKind.DELETE
 MiB = 1 << 20
 

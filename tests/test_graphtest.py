@@ -615,9 +615,9 @@ def test_set_quota(driver, defer_remove):
     # the quota mode asked for, or the kernel's default
     status = dict(driver.status())
     if driver.options.quota_mode == "qgroup":
-        assert status["Quota Mode"] == "qgroups"
+        assert status["Quota Mode"] == "qgroup"
     else:
-        assert status["Quota Mode"] in ("simple", "qgroups")
+        assert status["Quota Mode"] in ("simple", "qgroup")
 
     # the parent has no limit
     with _Layer(driver, "Base4") as base_root:

@@ -285,6 +285,27 @@ def test_a_layer_that_does_not_match_its_diff_id_fails(dst, image):
     assert dst.layers() == sorted(ids[:2])
 
 
+@pytest.mark.parametrize("media_type", ["gzip", "zstd"])
+def test_a_blob_whose_digest_holds_but_whose_stream_is_cut_fails_naming_it(dst, image, media_type):
+    """The digest is of the damaged blob itself (the damage was there when it
+    was pushed): the decompressor has to notice, after the tar's end too."""
+    layout, exported = image
+    plain = uncompressed_layers(layout)
+    if media_type == "gzip":
+        compressed, mt = gzip.compress(plain[0], mtime=0), MEDIA_TYPE_LAYER_GZIP
+        cut = compressed[:-6]  # the trailer: the tar inside is whole
+    else:
+        compressed, mt = zstandard.ZstdCompressor(level=3).compress(plain[0]), MEDIA_TYPE_LAYER_ZSTD
+        cut = compressed[:-3]
+    rewrite_image(layout, [(mt, cut)], diff_ids=exported.diff_ids[:1])
+    with pytest.raises(ArchiveError) as e:
+        import_oci(dst, layout, tag="v1")
+    message = str(e.value)
+    assert str(layout) in message and f"the {media_type} stream is truncated" in message, message
+    assert f"after {len(cut)} compressed bytes" in message, message
+    assert _layers_and_markers(dst) == ([], [])
+
+
 def test_reimport_reuses_the_chain_without_reading_blobs(dst, image):
     layout, exported = image
     top = import_oci(dst, layout, tag="v1")

@@ -20,6 +20,7 @@ def test_driver_options():
     assert opts.min_space == 1 << 30
     assert opts.default_size == 512 << 20
     assert opts.quota_mode == "qgroup"
+    assert parse_driver_options(["btrfsx.quota=qgroups"]).quota_mode == "qgroup"   # the spelling of old status()
     assert opts.wants_quota
     assert not parse_driver_options([]).wants_quota
     assert parse_driver_options(["btrfsx.changes=naive"]).changes == "naive"
@@ -80,3 +81,11 @@ def test_id_maps():
     assert root_pair(None, None) == (0, 0)
     with pytest.raises(ValueError):
         root_pair([IDMap(1, 1000, 10)], None)
+
+
+def test_quota_mode_is_spelled_as_the_option_and_takes_the_old_spelling():
+    from btrfsx import QuotaMode
+    assert str(QuotaMode.QGROUP) == "qgroup" == QuotaMode.QGROUP.value
+    assert QuotaMode("qgroup") is QuotaMode("qgroups") is QuotaMode.QGROUP
+    with pytest.raises(ValueError):
+        QuotaMode("groups")

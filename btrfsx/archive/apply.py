@@ -204,15 +204,31 @@ def _open(stream: BinaryIO) -> tuple[BinaryIO, str, _Prefixed]:
     source = _Prefixed(head, stream)
     raw = cast(BinaryIO, io.BufferedReader(source, _CHUNK))
     if head.startswith(_GZIP_MAGIC):
-        return cast(BinaryIO, gzip.GzipFile(fileobj=raw, mode="rb")), "gzip", source
+        return decompressor(raw, "gzip"), "gzip", source
     # and one that ends inside its first magic number: a truncated zstd stream, not a tar
     if ((len(head) >= 2 and _ZSTD_MAGIC.startswith(head))
             or (len(head) == 4 and head[0] & 0xF0 == 0x50 and head[1:] == _SKIPPABLE_TAIL)):
+        return decompressor(raw, "zstd"), "zstd", source
+    return raw, "tar", source
+
+
+def decompressor(raw: BinaryIO, compression: str) -> BinaryIO:
+    """The tar bytes of ``raw``, compressed with ``compression`` ("gzip",
+    "zstd", or "tar" for none): btrfsx's one decompressor, that of
+    :func:`apply_layer` once it has told the compression from the first
+    bytes, and of OCI imports, which know it from the media type.  A
+    truncated or corrupt zstd stream raises ArchiveError (saying so and
+    where: python-zstandard alone takes a frame cut short for the end of
+    the stream); the other errors are those of :func:`stream_errors`."""
+    if compression == "gzip":
+        return cast(BinaryIO, gzip.GzipFile(fileobj=raw, mode="rb"))
+    if compression == "zstd":
         import zstandard
         frames = cast(BinaryIO, _ZstdFrames(raw))
-        return (cast(BinaryIO, zstandard.ZstdDecompressor().stream_reader(frames, read_across_frames=True)),
-                "zstd", source)
-    return raw, "tar", source
+        return cast(BinaryIO, zstandard.ZstdDecompressor().stream_reader(frames, read_across_frames=True))
+    if compression == "tar":
+        return raw
+    raise ValueError(f"unknown compression {compression!r}: expected 'gzip', 'zstd' or 'tar'")
 
 
 def decompressed(stream: BinaryIO) -> BinaryIO:
@@ -547,15 +563,17 @@ class _Applier:
                 os.close(fd)
 
 
-def _stream_errors() -> tuple[type[BaseException], ...]:
-    """What a corrupt or truncated stream raises, by layer of decoding."""
+def stream_errors() -> tuple[type[BaseException], ...]:
+    """What reading a corrupt or truncated stream through :func:`decompressor`
+    raises (besides ArchiveError), by layer of decoding."""
     import zstandard
     return (EOFError, zlib.error, gzip.BadGzipFile, zstandard.ZstdError,
             UnicodeError)
 
 
-def _stream_error(e: BaseException, compression: str, count: int) -> ArchiveError:
-    """The error of the decompressor ``e`` in a user's words."""
+def stream_error(e: BaseException, compression: str, count: int) -> ArchiveError:
+    """The error ``e`` of the decompressor of ``compression``, ``count``
+    compressed bytes into the stream, in a user's words."""
     if compression == "gzip":
         if isinstance(e, EOFError):
             # raised only once the input is used up: its length is where it was cut
@@ -604,8 +622,8 @@ def apply_layer(root: str | bytes, stream: BinaryIO, uid_maps: Sequence[IDMap] |
             # there is an error, wherever its tar ends.
             while tar_stream.read(_CHUNK):
                 pass
-        except _stream_errors() as e:
-            raise _stream_error(e, compression, source.count) from None
+        except stream_errors() as e:
+            raise stream_error(e, compression, source.count) from None
         applier.finish()
         return applier.size
     finally:
