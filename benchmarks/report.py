@@ -33,127 +33,35 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_targets  # noqa: E402
 
-# ======================================================================
-# EXPLANATIONS FOR TARGETS NOT MET -- filled in by the lead.
-# One entry per target id of bench_targets.TARGETS; shown under "Targets
-# not met" whenever that target is NOT MET in the run.  "TODO lead" marks
-# what nobody has explained yet.  Facts measured by the benchmarks
-# themselves (figures) are printed beside it automatically.
-# ======================================================================
-EXPLANATIONS: dict[str, str] = {
-    "ioctl_create": (
-        "Not extra work in the compiled layer: strace shows `_ioctl.create_subvolume` making exactly the "
-        "C floor's one ioctl with the same arguments, and the target is checked on a loop timed the way "
-        "the C floor times itself (two clock reads around each call, nothing else in the loop); "
-        "pure-Python fcntl.ioctl lands at the same figure. Measured apart by the lead, three rounds "
-        "alternating on one filesystem (300 creates, then 300 destroys, each): the standalone C floor "
-        "28.4/30.2/30.6 us per create, the same C loop called inside the Python process 27.3/32.9/29.3 "
-        "us, the Python loop over _ioctl 32.6/30.0/31.9 us; destroy 19.1/19.6/18.2, 19.7/20.2/19.7 and "
-        "19.7/21.9/20.7 us. The three are within each other's spread: the few percent the benchmark "
-        "reports are this VM's noise on a 25 us call, not a cost of the wrapper. (perf's hardware "
-        "counters are not supported on this VM.)"),
-    "ioctl_destroy": (
-        "As for create: the same single SNAP_DESTROY ioctl as the C floor (strace), timed the same way, "
-        "and the figure moves between 1.04x and 1.25x from one full run to the next. Measured apart "
-        "(see create), the standalone C floor, the same C loop inside the Python process and the Python "
-        "loop over _ioctl are within each other's spread (18.2-21.9 us)."),
-    "ioctl_search": (
-        "nested_subvolumes makes the same TREE_SEARCH_V2 calls as the C floor (one per subvolume "
-        "found, and one more for each that has children: an empty answer is how both know a range "
-        "is done), now all in one compiled call (_ioctl.subvolume_descendants, one buffer for every "
-        "search, a tuple per subvolume). Measured apart by the lead on 5 nested subvolumes: the C "
-        "floor 8.1-8.3 us standalone and 8.1 us called inside the Python process, "
-        "subvolume_id + nested_subvolumes 10.9-11.2 us (1.35x), 13.3 us with the TreeSearch iterator "
-        "this replaced (1.65x). What is left is the Python calls and the Nested tuples; the run "
-        "above may predate the change (see its commit)."),
-    "driver_create": (
-        "An empty create is made in a staging directory and published: besides SUBVOL_CREATE "
-        "(about 25-35 us) it costs a failing openat of the quotas directory (~2 us, repeated on "
-        "every call while the directory does not exist), fchmodat to 0555 (~4 us), renameat2 "
-        "(RENAME_NOREPLACE) from staging to subvolumes/ (17-28 us depending on the run: a rename of a subvolume root "
-        "between directories updates two directories and the root ref in the same transaction) "
-        "and two geteuid. The renameat2 alone is about as costly as the ioctl, which puts an empty "
-        "create at 2x the bare ioctl or slightly over; see the syscall section for the figures of "
-        "this run. Creating in place (SUBVOL_CREATE straight into subvolumes/ then fchmodat) would "
-        "drop the rename but lose the never-visible-half-made guarantee: a crash or a reader between "
-        "the create and the chmod would see a layer with the umask's mode. The lead kept the "
-        "rename: the target is not met by the cost of that guarantee."),
-    "driver_remove": (
-        "Driver.remove of an empty layer is SNAP_DESTROY plus, with no quotas directory in the store, "
-        "a failing openat of it (~2 us) and the id check: 1.14x the bare _ioctl.destroy_subvolume in "
-        "one process (24.9 vs 21.9 us, measured apart by the lead), 1.49x to 1.52x the C floor in "
-        "the full runs before this one. A run at 2.0x is this VM's noise on a 16 us ioctl (the "
-        "pytest-benchmark figure of the bare _ioctl call moved to 1.68x the C floor in the same "
-        "run)."),
-    "driver_snapshot_chain": (
-        "Each link of the chain is a snapshot of the previous layer through Driver.create(id, parent): "
-        "the driver opens the parent (openat + fstat), snapshots, closes; the C floor keeps the "
-        "previous snapshot's fd open from its creation. The extra open/fstat/close of a fresh "
-        "subvolume root and the Python call are tens of microseconds against ~2 ms: within noise of "
-        "the target (0.99x to 1.15x across full runs on this machine)."),
-    "remove_big_plain": (
-        "Kernel cost, not the driver's: when the layer's dentries are cached (a layer just built or "
-        "read), SNAP_DESTROY makes the kernel evict every cached dentry and inode of the subvolume "
-        "before it returns. `perf record -g` of the C floor removing such a layer: 97% of the time in "
-        "btrfs_delete_subvolume -> d_invalidate -> shrink_dcache_parent (__dentry_kill, "
-        "btrfs_destroy_inode, RCU callbacks), i.e. it grows with the number of cached entries. The C "
-        "floor pays the same on an identical layer (its figure is in the table); a layer none of whose "
-        "entries are cached is removed as fast as an empty one (the cold measurement). Only a remove "
-        "that does not drop the dentries synchronously (not something userspace controls) would "
-        "meet this target on warm layers."),
-    "threads_speedup": (
-        "The C floor's own speed-up varies widely from run to run on this shared 2-core VM (from "
-        "about 1.2x to 2.9x for 4 threads); the comparison is of two noisy ratios. Driver threads do "
-        "run in parallel (each create in its own staging directory, the GIL released in the ioctl). "
-        "Not confirmed on a quiet machine (none here): across full runs the ratio went from 0.82x "
-        "to 1.22x."),
-    "diff:small": (
-        "Per-entry work on top of the syscalls tar makes. The header encoder is compiled "
-        "(btrfsx/archive/_tar.pyx), small files go out as one piece each, and the walk's lstat "
-        "results are reused; what is left per file is a listxattr that tar -c without --xattrs "
-        "does not make (~3 us: btrfsx diffs carry every extended attribute), the scandir stat, "
-        "open/read/close, and a few microseconds of Python (the walk and the stream). A diff of a "
-        "snapshot's changes (native changes) does not walk at all; this target measures the "
-        "export of a whole 20,000-file layer. Since those changes the full runs measured 1.70x, "
-        "1.91x and 2.07x: at the limit, within this VM's noise."),
-    "apply:small": (
-        "The stdlib tarfile parser was a third of an apply; btrfsx/archive/tarread.py replaced it "
-        "(a strict streaming reader, differential-tested against tarfile). What is left is the "
-        "per-file syscalls (open, write, fchown, utimensat, fsetxattr) and Python per entry."),
-}
-for _tid in bench_targets.TARGETS:
-    EXPLANATIONS.setdefault(_tid, "Met in every full run so far; a miss is new: compare this run's figures and "
-                                  "noise with the previous report before reading anything into it.")
-for _op in bench_targets.QUOTA_TARGET_OPS:
-    for _n in bench_targets.QUOTA_TARGET_LAYERS:
-        if _op == "remove sized":
-            EXPLANATIONS[f"quota_simple:{_op}:{_n}"] = (
-                "Not the kernel's quotas: with a quotas directory in the store, Driver.remove takes "
-                "the id's lock (flock on a stripe file, then LOCK_UN) and, for a sized layer, unlinks "
-                "its quota file home/quotas/ID after SNAP_DESTROY, a second btrfs directory update "
-                "(~15-20 us); the quotas-off baseline cannot have a sized layer, so it is the plain "
-                "remove, one ioctl (~22 us). The unsized remove with simple quotas on (lock and a "
-                "failing unlink only) stays within the target: see the 'remove unsized' groups. "
-                "Unlinking the quota file after the remove returns (or in gc) would meet it; the lead "
-                "kept the unlink inside remove: a caller, or containers/storage sharing the store, "
-                "may rely on quotas/ID being gone with the layer.")
+#: Why a target was missed, by target id: docs/performance-notes.md (facts
+#: about the code found by measuring, kept as prose beside the docs, not in code).
+NOTES = Path(__file__).resolve().parent.parent / "docs" / "performance-notes.md"
+NO_NOTE = ("Met in every full run so far; a miss is new: compare this run's figures and noise with the previous "
+           "report before reading anything into it.")
 
 
-for _n in bench_targets.QUOTA_TARGET_LAYERS:
-    EXPLANATIONS[f"quota_simple:sized create:{_n}"] = (
-        "What the driver adds for a sized layer, on a snapshot of 2-7 ms: the id's lock (flock, "
-        "LOCK_UN), an fstatat that the id is free, and the quota file written atomically "
-        "(openat of a temporary file, write, close, renameat in home/quotas), tens of microseconds "
-        "together; the kernel sets the qgroup limit in the snapshot's own transaction. Ratios of "
-        "these millisecond snapshots move by +-20% between runs on this shared VM even with the "
-        "modes alternating round by round (compare the groups at 50, 200 and 500 layers); there is "
-        "no quiet machine here to tell the two apart.")
-    EXPLANATIONS[f"quota_simple:snapshot:{_n}"] = (
-        "With a quotas directory in the store, a plain snapshot also takes the id's lock, checks the "
-        "id is free (fstatat) and unlinks any stale quota file (a failing unlinkat): a few "
-        "microseconds on a snapshot of milliseconds. The rest is the kernel's simple-quota "
-        "accounting and the noise of this VM (+-20% between runs); no quiet machine here to tell "
-        "the two apart.")
+def load_notes(path: Path = NOTES) -> dict[str, str]:
+    """The notes by target id pattern: each ``## `id` `` section's paragraphs, joined."""
+    found: dict[str, str] = {}
+    key = None
+    for line in path.read_text().splitlines():
+        m = re.match(r"^## `([^`]+)`\s*$", line)
+        if m:
+            key = m.group(1)
+            found[key] = ""
+        elif key is not None and line.strip():
+            found[key] = f"{found[key]} {line.strip()}".strip()
+    return found
+
+
+def explanation(tid: str, found: dict[str, str]) -> str:
+    """The note of target ``tid`` (a ``*`` in a note's id matches a layer count)."""
+    if tid in found:
+        return found[tid]
+    for pattern, text in found.items():
+        if "*" in pattern and re.fullmatch(re.escape(pattern).replace(r"\*", r"\d+"), tid):
+            return text
+    return NO_NOTE
 
 
 # Groups in this order first (by prefix), any other group after them, alphabetically.
@@ -419,8 +327,9 @@ def write(args) -> str:
     if missed:
         w("### Targets not met, and why")
         w("")
+        missed_notes = load_notes()
         for tid, t, _, vals, _ms in missed:
-            w(f"- **{t.what}** ({t.describe()}): measured {vals}. {EXPLANATIONS.get(tid, 'TODO lead')}")
+            w(f"- **{t.what}** ({t.describe()}): measured {vals}. {explanation(tid, missed_notes)}")
         w("")
     unmeasured = [s for s in summary if s[2] is None]
     if unmeasured:
