@@ -289,8 +289,9 @@ class Template:
                 uuid = self._current_uuid()
             if uuid is not None:
                 return uuid
-            raise FileNotFoundError(errno.ENOENT, f"template {self.name!r} is not built (no layer, or its last "
-                                    "build did not finish), and no build function was given", str(self.path))
+            raise FileNotFoundError(errno.ENOENT, f"template {self.name!r}: layer {self.name!r} does not exist "
+                                    "(or its last build did not finish), and no build function was given",
+                                    str(self.path))
         with self._locked("build"):
             uuid = self._current_uuid()
             if uuid is not None:

@@ -13,6 +13,7 @@ import sys
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 import zstandard
@@ -61,14 +62,15 @@ TARBALLS = {
 def fingerprint(home) -> list[tuple]:
     """What a failed operation must not change: every entry under home (the
     contents of staging directories included, but not the directories a live
-    process keeps there, nor the lock stripes, nor the lineage records a
+    process keeps there, nor the lock stripes and template locks, nor the lineage records a
     failed apply_diff writes for the backup it swapped in, which keep the
     layer's parent readable), with mode, size and, for small files,
     contents."""
     found = []
     for root, dirs, files in os.walk(home):
         rel = os.path.relpath(root, home)
-        if rel in (os.path.join(".btrfsx", "locks"), os.path.join(".btrfsx", "lineage")):
+        if rel in (os.path.join(".btrfsx", "locks"), os.path.join(".btrfsx", "lineage"),
+                   os.path.join(".btrfsx", "templates")):   # a template's lock file, like the stripes
             dirs[:] = []
             continue
         if rel == os.path.join(".btrfsx", "staging"):
@@ -76,6 +78,8 @@ def fingerprint(home) -> list[tuple]:
             continue
         dirs.sort()
         for name in sorted(dirs + files):
+            if rel == ".btrfsx" and name == "templates":
+                continue  # made by the first template build, with its lock, like the stripes
             path = os.path.join(root, name)
             st = os.lstat(path)
             data = None
@@ -232,7 +236,8 @@ def test_driver_errors_name_the_layer_and_leave_the_store_as_it_was(store, name)
 def btrfsx(*args: str, home, stdin: bytes | None = None, env_extra: dict | None = None):
     env = {k: v for k, v in os.environ.items() if k not in ("BTRFSX_HOME", "BTRFSX_OPTIONS")}
     env.update(env_extra or {})
-    return subprocess.run([sys.executable, "-m", "btrfsx", *args, "--home", str(home)], input=stdin,
+    # --home first: after `run`, everything is the command's
+    return subprocess.run([sys.executable, "-m", "btrfsx", "--home", str(home), *args], input=stdin,
                           capture_output=True, env=env)
 
 
@@ -285,6 +290,13 @@ CLI_CASES: dict[str, CliCase] = {
                                          stdin=GOOD, read_only=True),
     "export-oci of a missing layer": CliCase(("export-oci", "nosuch", "/tmp/btrfsx-test-errors-oci"),
                                              ("layer 'nosuch' does not exist",)),
+    "run from a missing layer": CliCase(("run", "--from", "nosuch", "--", "true"),
+                                        ("template 'nosuch': layer 'nosuch' does not exist",)),
+    "run without a command": CliCase(("run", "--from", "base"), ("no command to run",)),
+    "run with a failing build": CliCase(("run", "--from", "fresh", "--build", "exit 3", "--key", "k", "--", "true"),
+                                        ("template build command 'exit 3' failed (exit status 3)",)),
+    "run a command that is not found": CliCase(("run", "--from", "base", "--", "no-such-command-btrfsx"),
+                                               ("template 'base': command not found: no-such-command-btrfsx",)),
     "export-oci with a bad tag": CliCase(("export-oci", "child", "/tmp/btrfsx-test-errors-oci", "--tag", "bad tag!"),
                                          ("'bad tag!'",)),
 }
@@ -306,6 +318,7 @@ def test_cli_errors_are_one_line_naming_the_layer_with_exit_status_1(store, name
         assert needle in err, f"{needle!r} not in {err!r}"
     assert "staging" not in err and ".btrfsx" not in err, err
     assert fingerprint(store) == before
+    assert not list(Path(store, ".btrfsx", "templates").glob("*/record"))
     assert not os.path.exists("/tmp/btrfsx-test-errors-oci/index.json")
 
 

@@ -262,7 +262,7 @@ def test_layer_of_the_name_that_is_no_template_is_never_replaced(home):
         with t.copy() as copy:
             assert copy.name.startswith("mine@copy-")
     with Template(home, "absent", None) as t:
-        with pytest.raises(FileNotFoundError, match="template 'absent' is not built"):
+        with pytest.raises(FileNotFoundError, match="template 'absent': layer 'absent' does not exist"):
             t.ensure()
 
 
