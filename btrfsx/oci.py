@@ -26,6 +26,7 @@ import zlib
 from collections.abc import Callable
 from typing import BinaryIO, NamedTuple, cast
 
+from btrfsx._fd import open_dir
 from btrfsx.archive.apply import decompressor, stream_error, stream_errors
 from btrfsx.driver import Driver
 from btrfsx.errors import ArchiveError
@@ -254,19 +255,13 @@ def export_oci(driver: Driver, layer_id: str, directory: str | os.PathLike, tag:
     os.makedirs(blob_dir, exist_ok=True)
     # Exports into one layout at once would otherwise each rewrite
     # index.json from what they read, and one image would go missing.
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
+    with open_dir(directory, follow=True) as dir_fd:
         fcntl.flock(dir_fd, fcntl.LOCK_EX)
         exported = _export(driver, chain, directory, blob_dir, tag)
         for path in (blob_dir, directory):
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
+            with open_dir(path, follow=True) as fd:
                 os.fsync(fd)  # the renames
-            finally:
-                os.close(fd)
         return exported
-    finally:
-        os.close(dir_fd)
 
 
 def _export(driver: Driver, chain: list[str], directory: str, blob_dir: str, tag: str | None) -> Exported:

@@ -8,6 +8,7 @@ import os
 from typing import NamedTuple
 
 from btrfsx import _ioctl
+from btrfsx._fd import open_dir
 
 
 class Nested(NamedTuple):
@@ -34,13 +35,10 @@ def _relative_path(fd: int, sub: Nested, paths: dict[int, bytes]) -> bytes:
 
 
 def _make_writable(path: bytes) -> None:
-    sfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
+    with open_dir(path) as sfd:
         flags = _ioctl.get_subvolume_flags(sfd)
         if flags & _ioctl.SUBVOL_RDONLY:
             _ioctl.set_subvolume_flags(sfd, flags & ~_ioctl.SUBVOL_RDONLY)
-    finally:
-        os.close(sfd)
 
 
 def destroy_nested(fd: int, root_path: str | bytes, subvolid: int) -> int:
@@ -77,11 +75,8 @@ def destroy(dirfd: int, name: str | bytes, *, path: str | bytes) -> int:
         if e.errno != errno.ENOTEMPTY:
             raise
     root = os.path.join(os.fsencode(path), os.fsencode(name))
-    sfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
+    with open_dir(root) as sfd:
         count = destroy_nested(sfd, root, _ioctl.subvolume_id(sfd))
-    finally:
-        os.close(sfd)
     _ioctl.destroy_subvolume(dirfd, name)
     return count
 
@@ -94,11 +89,8 @@ def remove_tree(path: str | bytes | os.PathLike[str] | os.PathLike[bytes], *, de
     path = os.fsencode(path)
     if destroy_subvolumes and _ioctl.is_subvolume(path):
         parent, name = os.path.split(path)
-        dfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
+        with open_dir(parent or b".", follow=True) as dfd:
             destroy(dfd, name, path=parent)
-        finally:
-            os.close(dfd)
         return
     with os.scandir(path) as entries:
         for entry in entries:

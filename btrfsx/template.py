@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import itertools
 import json
@@ -65,6 +64,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from btrfsx import _ioctl, subvolume
+from btrfsx._fd import locked, open_dir
 from btrfsx.driver import Driver
 from btrfsx.store import STATE, check_layer_id, pid_alive
 
@@ -75,7 +75,6 @@ log = logging.getLogger("btrfsx.template")
 #: Where template state lives, under ``home/.btrfsx/``.
 TEMPLATES = "templates"
 MAX_NAME_BYTES = 200
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _SUFFIX = re.compile(r"@(build|copy|keep)-(\d+)-(\d+)\Z")
 #: copy and build ids are unique in the process: one counter for every Template
 _counter = itertools.count()
@@ -142,11 +141,8 @@ class RunResult(NamedTuple):
 
 
 def _subvolume_info(path: str | os.PathLike[str]) -> _ioctl.SubvolumeInfo:
-    fd = os.open(path, _DIR_FLAGS | os.O_NOFOLLOW)
-    try:
+    with open_dir(path) as fd:
         return _ioctl.get_subvolume_info(fd)
-    finally:
-        os.close(fd)
 
 
 class Template:
@@ -271,17 +267,14 @@ class Template:
     @contextlib.contextmanager
     def _locked(self, waiting_for: str) -> Iterator[None]:
         os.makedirs(self._state, mode=0o700, exist_ok=True)
-        fd = os.open(self._state / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                log.info("template %r: waiting for another process's %s (lock %s)", self.name, waiting_for,
-                         self._state / "lock")
-                fcntl.flock(fd, fcntl.LOCK_EX)
+        with locked(self._state / "lock", blocking=False) as fd:
+            if fd is not None:
+                yield
+                return
+        log.info("template %r: waiting for another process's %s (lock %s)", self.name, waiting_for,
+                 self._state / "lock")
+        with locked(self._state / "lock"):
             yield
-        finally:
-            os.close(fd)  # releases the lock
 
     def _build(self) -> _uuid.UUID:
         if self.build is None:
@@ -331,12 +324,9 @@ class Template:
             if self.path.exists() or self.path.is_symlink():
                 d.remove(self.name)
             d.create(self.name, build_id)
-            fd = os.open(self.path, _DIR_FLAGS | os.O_NOFOLLOW)
-            try:
+            with open_dir(self.path) as fd:
                 _ioctl.set_subvolume_flags(fd, _ioctl.get_subvolume_flags(fd) | _ioctl.SUBVOL_RDONLY)
                 info = _ioctl.get_subvolume_info(fd)
-            finally:
-                os.close(fd)
             self._write_record({"name": self.name, "key": self.key, "uuid": str(info.uuid),
                                 "built_at": time.time(), "build_seconds": round(seconds, 3),
                                 "pid": os.getpid()})
@@ -354,13 +344,11 @@ class Template:
     def _warn_nested(self, path: Path) -> None:
         if os.geteuid() != 0:
             return
-        fd = os.open(path, _DIR_FLAGS)
         try:
-            nested = subvolume.nested_subvolumes(fd, _ioctl.subvolume_id(fd))
+            with open_dir(path) as fd:
+                nested = subvolume.nested_subvolumes(fd, _ioctl.subvolume_id(fd))
         except OSError:
             return
-        finally:
-            os.close(fd)
         if nested:
             names = ", ".join(os.fsdecode(n.name) for n in nested[:5])
             log.warning("template %r: its build made %d nested subvolume(s) (%s); copies hold empty "
@@ -480,15 +468,10 @@ class Template:
             if self._removals % WAKE_CLEANER_EVERY:
                 return
         try:
-            fd = os.open(self._subvolumes, _DIR_FLAGS)
-        except OSError:
-            return
-        try:
-            _ioctl.sync(fd)
+            with open_dir(self._subvolumes) as fd:
+                _ioctl.sync(fd)
         except OSError as e:
             log.debug("template %r: BTRFS_IOC_SYNC failed: %s", self.name, e)
-        finally:
-            os.close(fd)
 
     def reset(self, path: str | os.PathLike[str]) -> Path:
         """Bring copy ``path`` back to the template's contents, in place: the
@@ -591,15 +574,10 @@ class Template:
         removed = self._collect_copies()
         if not self._state.exists():
             return removed + self._collect_builds()
-        fd = os.open(self._state / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+        with locked(self._state / "lock", blocking=False) as fd:
+            if fd is None:
                 return removed  # a build in progress: its layer is live
             removed += self._collect_builds()
-        finally:
-            os.close(fd)
         return removed
 
     def remove(self) -> None:

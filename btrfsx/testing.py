@@ -62,7 +62,6 @@ that was killed are swept at the start of the session.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import subprocess
 import tempfile
@@ -73,6 +72,7 @@ from typing import Any
 import pytest
 
 from btrfsx import _ioctl, subvolume
+from btrfsx._fd import DIR_FLAGS, locked, open_dir
 from btrfsx.driver import Driver
 from btrfsx.errors import PrerequisitesError
 from btrfsx.loopback import IMAGE_PREFIX, Loopback, sweep_stale, unavailable_reason
@@ -155,7 +155,6 @@ def btrfs_dir(request, btrfs_session_fs) -> Iterator[Path]:
 
 # ---------------------------------------------------------------- trees for tests and benchmarks
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 PAYLOAD = b"#!/bin/sh\n# a small file, as most files in an image layer are\nexit 0\n"
 
@@ -165,7 +164,7 @@ def build_layer(root: str | os.PathLike, nfiles: int, *, per_dir: int = 50, dirs
     """Fill ``root`` with ``nfiles`` small files, ``per_dir`` to a directory,
     directories two levels deep (``tNNN/dNN/fNNNN``).  About 20 us a file on
     btrfs: 50,000 files in a second or two.  Returns how many directories."""
-    root_fd = os.open(root, _DIR_FLAGS)
+    root_fd = os.open(root, DIR_FLAGS)
     ndirs = 0
     try:
         made = 0
@@ -178,7 +177,7 @@ def build_layer(root: str | os.PathLike, nfiles: int, *, per_dir: int = 50, dirs
             sub = f"{top}/d{i % dirs_per_top:02d}"
             os.mkdir(sub, 0o755, dir_fd=root_fd)
             ndirs += 1
-            dfd = os.open(sub, _DIR_FLAGS, dir_fd=root_fd)
+            dfd = os.open(sub, DIR_FLAGS, dir_fd=root_fd)
             try:
                 for j in range(min(per_dir, nfiles - made)):
                     fd = os.open(f"f{j:04d}", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644,
@@ -207,11 +206,8 @@ def add_nested(root: str | os.PathLike, layout: Sequence[str] = NESTED_LAYOUT) -
     for rel in layout:
         parent, name = os.path.split(os.path.join(os.fspath(root), rel))
         os.makedirs(parent, exist_ok=True)
-        fd = os.open(parent, _DIR_FLAGS)
-        try:
+        with open_dir(parent) as fd:
             _ioctl.create_subvolume(fd, name)
-        finally:
-            os.close(fd)
         made.append(os.path.join(parent, name))
     return made
 
@@ -350,9 +346,7 @@ def _shared_home(request: pytest.FixtureRequest, info: dict) -> Path:
     request.getfixturevalue("btrfs_available")
     shared = Path(info["dir"])
     mnt = shared / "mnt"
-    fd = os.open(shared / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with locked(shared / "lock"):
         if not is_mountpoint(str(mnt)):
             image = Path(info["image"])
             try:
@@ -361,8 +355,6 @@ def _shared_home(request: pytest.FixtureRequest, info: dict) -> Path:
                 _unavailable(f"could not make the loopback btrfs filesystem the xdist workers share: {e}")
                 raise
             fs._owns_image = fs._owns_mountpoint = False  # the controller removes it
-    finally:
-        os.close(fd)
     return mnt  # the mount's root: drivers on it bind-mount nothing
 
 

@@ -35,7 +35,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "btrfsx"
 
 #: Lowest first: (name, modules).
 LAYERS: list[tuple[str, set[str]]] = [
-    ("mechanism", {"btrfsx._uapi", "btrfsx._ioctl", "btrfsx._version", "btrfsx._proc"}),
+    ("mechanism", {"btrfsx._uapi", "btrfsx._ioctl", "btrfsx._version", "btrfsx._proc", "btrfsx._fd"}),
     ("pure logic", {"btrfsx.units", "btrfsx.options", "btrfsx.idmap", "btrfsx.errors"}),
     ("policy", {"btrfsx.subvolume", "btrfsx.quota", "btrfsx.store", "btrfsx.mounts"}),
     ("archive", {"btrfsx.archive", "btrfsx.archive._tar", "btrfsx.archive.tarread", "btrfsx.archive.changes",
