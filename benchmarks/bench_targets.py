@@ -86,10 +86,6 @@ _T.append(Target("mem:apply:large", "peak memory of Driver.apply_diff on the 1 G
 _T.append(Target("changes_native_100k", "changes of a snapshot of a 100,000-file layer with 10 files changed: the "
                                         "native path at least 100x faster than the walk", 100.0, True))
 
-# ---- issue #8: native changes (benchmarks/test_changes_bench.py)
-_T.append(Target("changes_native_100k", "native changes at least 100x faster than the walk, 10 changes in a "
-                                        "100,000-file layer (issue #8)", 100.0, True))
-
 # ---- issue #18: templates, pristine copies for test suites (benchmarks/test_template_bench.py)
 _T.append(Target("template_vs_copytree", "a fresh copy through Template.copy() (enter + exit) of the 100,000-file "
                                          "tree at least 100x faster than shutil.copytree", 100.0, True))
@@ -103,7 +99,18 @@ for _tree in ("10k", "100k"):
 _T.append(Target("template_1000_copies", "1,000 copies (Template.copy() enter + exit) in a loop under 5 s in total",
                  5.0, unit="s"))
 
+# ---- issue #15 (4): native changes in every setup (benchmarks/test_changes_bench.py, test_setup)
+for _setup, _how in (("one transaction", "the base written through get() and snapshotted before any commit"),
+                     ("chain", "the base itself a child (base -> mid -> child, changes against mid)"),
+                     ("cold", "every cache dropped before each round"),
+                     ("many directories", "every directory of both trees read since the snapshot, the changes "
+                                          "spread over the layer")):
+    _T.append(Target(f"changes_native_setup:{_setup}",
+                     f"Driver.changes of a 100 x 1,000-file layer with 10 changes, {_how}: native at least 100x "
+                     f"faster than btrfsx.changes=naive (medians, rounds alternating)", 100.0, True))
+
 TARGETS: dict[str, Target] = {t.id: t for t in _T}
+assert len(TARGETS) == len(_T), "a target id defined twice"
 
 
 def get(target_id: str) -> Target:

@@ -85,11 +85,35 @@ def entry_differs(old_path: bytes, old: os.stat_result, new_path: bytes, new: os
     return xattrs(old_path) != xattrs(new_path)
 
 
+_DIR_READ = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_NOATIME = getattr(os, "O_NOATIME", 0)
+
+
+def open_noatime(path: bytes, flags: int) -> int:
+    """``os.open`` with ``O_NOATIME`` where the caller may use it (the
+    owner, or CAP_FOWNER), plainly otherwise.  Reading a tree for its changes
+    must not write to it: with relatime the first read of a directory after
+    a change rewrites its inode item, and on a snapshot that copies the
+    metadata leaf it shares with its parent, on both sides when both are
+    read, which a transaction then has to commit and every later native
+    search has to read again (the leaf is newer than the snapshot)."""
+    if _NOATIME:
+        try:
+            return os.open(path, flags | _NOATIME)
+        except PermissionError:
+            pass
+    return os.open(path, flags)
+
+
 def _entries(path: bytes) -> dict[bytes, os.stat_result]:
     out = {}
-    with os.scandir(path) as it:
-        for entry in it:
-            out[entry.name] = entry.stat(follow_symlinks=False)
+    fd = open_noatime(path, _DIR_READ)
+    try:
+        with os.scandir(fd) as it:
+            for entry in it:
+                out[entry.name.encode(_FS_ENCODING, "surrogateescape")] = entry.stat(follow_symlinks=False)
+    finally:
+        os.close(fd)
     return out
 
 

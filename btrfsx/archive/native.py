@@ -33,13 +33,17 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import sys
+import time
 from collections.abc import Iterable
 
 from btrfsx import _ioctl
-from btrfsx.archive.changes import Change, ChangeKind, _added, entry_differs, path_key
+from btrfsx.archive.changes import Change, ChangeKind, _added, entry_differs, open_noatime, path_key
 from btrfsx.errors import NativeChangesUnavailable
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FS_ENCODING = sys.getfilesystemencoding()
 _ROOT_INO = _ioctl.FIRST_FREE_OBJECTID
 _CHUNK = 1 << 20
 
@@ -53,44 +57,48 @@ class NativeUnavailable(NativeChangesUnavailable):
 
 
 class _Tree:
-    """The items of one subvolume written since transaction ``since``."""
+    """The inode items of one subvolume written since transaction ``since``."""
 
     def __init__(self, fd: int, since: int):
         self.fd = fd
-        self.written: dict[int, bytes] = {}   # inode -> its INODE_ITEM, written since
-        self.entries: set[int] = set()        # directories with entries written since
-        self.data: set[int] = set()           # inodes with file extents written since
-        self.xattrs: set[int] = set()         # inodes with extended attributes written since
+        # only inode items: see changed_since for why the entries, extents
+        # and extended attributes written since tell nothing more
+        self.written: dict[int, bytes] = {item.objectid: item.data for item in _ioctl.TreeSearch(
+            fd, 0, min_objectid=_ROOT_INO, max_objectid=_ioctl.LAST_FREE_OBJECTID,
+            min_type=_ioctl.INODE_ITEM_KEY, max_type=_ioctl.EXTENT_DATA_KEY,
+            min_transid=since + 1, min_item_transid=since + 1, item_types=(_ioctl.INODE_ITEM_KEY,))}
         self._dirs: dict[int, bytes] = {_ROOT_INO: b""}
-        for item in _ioctl.TreeSearch(fd, 0, min_objectid=_ROOT_INO, max_objectid=_ioctl.LAST_FREE_OBJECTID,
-                                      min_type=_ioctl.INODE_ITEM_KEY, max_type=_ioctl.EXTENT_DATA_KEY,
-                                      min_transid=since + 1, min_item_transid=since + 1):
-            kind = item.type
-            if kind == _ioctl.INODE_ITEM_KEY:
-                self.written[item.objectid] = item.data
-            elif kind == _ioctl.EXTENT_DATA_KEY:
-                self.data.add(item.objectid)
-            elif kind == _ioctl.XATTR_ITEM_KEY:
-                self.xattrs.add(item.objectid)
-            else:
-                self.entries.add(item.objectid)
 
-    def changed_since(self, other: _Tree) -> dict[int, int]:
+    def changed_since(self, other: _Tree, snapshot_ns: int) -> dict[int, int]:
         """The inodes of this tree that may differ from the snapshot, with
-        their modes.  An inode item is rewritten for an atime update too
-        (relatime: on the first read after a change), which is no change:
-        such an inode is compared with its item in the other tree, which
-        still holds the snapshot's state when it was not written there since.
-        The fields compared are all but atime and transid; ``sequence``
-        (i_version) moves on every change but an atime update."""
+        their modes.
+
+        Any change to an inode (its data, entries, extended attributes or
+        metadata) rewrites its inode item with a new ctime and ``sequence``
+        (i_version); but an item is also rewritten when only its atime moves
+        (relatime: on the first read after a change), and then the leaf it
+        is in is copied too, with the neighbours' items, entries and
+        extents, which changes none of them.  So only inode items count, and
+        an inode written since is no change when its item is the snapshot's
+        but for atime (and transid), which :func:`same_inode_item_but_atime`
+        tells:
+
+        - written on this side only: the other tree still holds the
+          snapshot's item;
+        - written on both sides (read on both): neither holds it any more,
+          but a change to the layer (the snapshot) comes after the snapshot
+          was taken, so a ctime before ``snapshot_ns`` (the snapshot's
+          otime) on its side says it holds the snapshot's item but for
+          atime, and the other side's equal item is then unchanged too.
+          This trusts the clock not to have been stepped back past the
+          snapshot between it and a change; :func:`_native_changes` does not
+          use it when the clock now reads before the snapshot."""
         out = {}
-        doubtful = []
+        doubtful: list[int] = []
+        both: list[int] = []
         mode = _ioctl.inode_item_mode
-        for ino, item in self.written.items():
-            if ino in self.data or ino in self.entries or ino in self.xattrs or ino in other.written:
-                out[ino] = mode(item)
-            else:
-                doubtful.append(ino)
+        for ino in self.written:
+            (both if ino in other.written else doubtful).append(ino)
         before = other.snapshot_items(doubtful)
         same = _ioctl.same_inode_item_but_atime
         for ino in doubtful:
@@ -98,8 +106,11 @@ class _Tree:
             old = before.get(ino)
             if old is None or not same(item, old):
                 out[ino] = mode(item)
-        for ino in self.entries:
-            out.setdefault(ino, stat.S_IFDIR)
+        decode = _ioctl.decode_inode_item
+        for ino in both:
+            item = self.written[ino]
+            if not (same(item, other.written[ino]) and decode(item).ctime_ns < snapshot_ns):
+                out[ino] = mode(item)
         return out
 
     def snapshot_items(self, inos: list[int]) -> dict[int, bytes]:
@@ -169,8 +180,27 @@ def _lstat(path: bytes) -> os.stat_result | None:
         return None
 
 
+def _fsencode(name: str) -> bytes:
+    return name.encode(_FS_ENCODING, "surrogateescape")
+
+
+def _fsdecode(name: bytes) -> str:
+    return name.decode(_FS_ENCODING, "surrogateescape")
+
+
+def _listdir(path: bytes) -> set[str]:
+    # O_NOATIME: the reasons are open_noatime's; here also that a directory
+    # listed would be found written on the next call, and listed again
+    fd = open_noatime(path, _DIR_FLAGS)
+    try:
+        return set(os.listdir(fd))
+    finally:
+        os.close(fd)
+
+
 def _same_bytes(a: bytes, b: bytes) -> bool:
-    with open(a, "rb", buffering=0) as fa, open(b, "rb", buffering=0) as fb:
+    with open(open_noatime(a, _FILE_FLAGS), "rb", buffering=0) as fa, \
+            open(open_noatime(b, _FILE_FLAGS), "rb", buffering=0) as fb:
         while True:
             x = fa.read(_CHUNK)
             if x != fb.read(_CHUNK):
@@ -211,10 +241,13 @@ class _Comparer:
         start = len(out)
         names: Iterable[bytes]
         if node.full:
-            new_names = set(os.listdir(self.new_root + rel or b"/"))
-            old_names = set(os.listdir(self.old_root + rel or b"/"))
+            # names as os.listdir gives them for a file descriptor (str), so
+            # that only the few looked at are encoded
+            new_names = _listdir(self.new_root + rel or b"/")
+            old_names = _listdir(self.old_root + rel or b"/")
             # a name on both sides whose inode changed on neither is the same entry
-            names = (new_names ^ old_names) | (node.children.keys() & (new_names | old_names))
+            names = {_fsencode(name) for name in new_names ^ old_names}
+            names.update(name for name in node.children if _fsdecode(name) in new_names or _fsdecode(name) in old_names)
         else:
             names = node.children.keys()
         for name in names:
@@ -281,6 +314,19 @@ def snapshot_transid(layer_fd: int, parent_fd: int) -> int:
     return layer.otransid
 
 
+def _snapshot_point(layer_fd: int, parent_fd: int) -> tuple[int, int]:
+    """(transid, otime in ns) of the snapshot that made ``layer_fd`` from
+    ``parent_fd``.  The otime is GET_SUBVOL_INFO's float seconds, less a
+    microsecond for its rounding (an earlier point only makes fewer inodes
+    provably unchanged); 0 when the clock now reads before it (stepped back:
+    ctimes do not tell what came after the snapshot)."""
+    since = snapshot_transid(layer_fd, parent_fd)
+    otime = _ioctl.get_subvolume_info(layer_fd).otime
+    if time.time() < otime:
+        return since, 0
+    return since, int(otime * 1e9) - 1000
+
+
 def native_changes(layer: str | bytes, parent: str | bytes, *,
                    stats: dict[bytes, os.stat_result] | None = None) -> list[Change]:
     """The changes of subvolume ``layer`` against subvolume ``parent``, which
@@ -307,7 +353,7 @@ def _native_changes(new_root: bytes, old_root: bytes, new_fd: int, old_fd: int, 
             raise NativeUnavailable("not a subvolume root")
         if _ioctl.get_subvolume_rootrefs(fd):
             raise NativeUnavailable("a nested subvolume is inside")
-    since = snapshot_transid(new_fd, old_fd)
+    since, snapshot_ns = _snapshot_point(new_fd, old_fd)
     try:
         # Inode items and directory indexes are written to the tree when a
         # transaction commits (delayed items), and a file's inode item waits
@@ -318,8 +364,8 @@ def _native_changes(new_root: bytes, old_root: bytes, new_fd: int, old_fd: int, 
     except PermissionError as e:
         raise NativeUnavailable(f"searching btrfs trees needs CAP_SYS_ADMIN ({e.strerror})") from None
     root = _Node()
-    new_changed = new.changed_since(old)
-    old_changed = old.changed_since(new)
+    new_changed = new.changed_since(old, snapshot_ns)
+    old_changed = old.changed_since(new, snapshot_ns)
     for tree, changed in ((new, new_changed), (old, old_changed)):
         for ino, mode in changed.items():
             for path in tree.paths(ino):
