@@ -86,6 +86,20 @@ _T.append(Target("mem:apply:large", "peak memory of Driver.apply_diff on the 1 G
 _T.append(Target("changes_native_100k", "changes of a snapshot of a 100,000-file layer with 10 files changed: the "
                                         "native path at least 100x faster than the walk", 100.0, True))
 
+# ---- issue #17: btrfs send/receive as a layer transport (benchmarks/test_transport_bench.py)
+_T.append(Target("transport_incr_stream:large", "the incremental send stream of a child changing 4 KiB of a 1 GiB "
+                                                "file: at most 1 MiB", 1.0, unit="MiB"))
+_T.append(Target("transport_incr:large", "send | receive of that child into a second filesystem at least 20x faster "
+                                         "than diff | apply_diff", 20.0, True))
+_T.append(Target("transport_full:small", "send | receive of a 20,000-small-file layer at most 1.5x diff | apply_diff",
+                 1.5))
+_T.append(Target("transport_incr_send:small", "incremental send of 10 changed files of the 20,000-file layer (the "
+                                              "child's first send: its twin made) at most 2x diff(child, base) "
+                                              "(native changes)", 2.0))
+_T.append(Target("mem:send:large", "peak memory of Driver.send on the 1 GiB layer under 50 MiB", 50.0, unit="MiB"))
+_T.append(Target("mem:receive:large", "peak memory of Driver.receive on the 1 GiB layer under 50 MiB", 50.0,
+                 unit="MiB"))
+
 # ---- issue #18: templates, pristine copies for test suites (benchmarks/test_template_bench.py)
 _T.append(Target("template_vs_copytree", "a fresh copy through Template.copy() (enter + exit) of the 100,000-file "
                                          "tree at least 100x faster than shutil.copytree", 100.0, True))
@@ -98,6 +112,23 @@ for _tree in ("10k", "100k"):
                                                 f"copy ({_tree} files)", 2.0))
 _T.append(Target("template_1000_copies", "1,000 copies (Template.copy() enter + exit) in a loop under 5 s in total",
                  5.0, unit="s"))
+
+# ---- issue #15 (1, 2): stores of 10,000 layers (benchmarks/test_store_size_bench.py)
+STORE_SIZE_OPS = ("create empty", "create child", "create empty sized", "create child sized", "remove", "exists",
+                  "parent", "get+put", "layer_infos([id])", "open Driver")
+for _mode in ("off", "simple", "qgroup"):
+    for _op in STORE_SIZE_OPS:
+        if "sized" in _op and _mode == "off":
+            continue
+        _T.append(Target(f"store_size:{_op}:{_mode}",
+                         f"quotas {_mode}, {_op} at 10,000 layers: at most 1.5x its cost at 100 layers (medians, "
+                         f"side by side; for creates the C floor's growth divided out)", 1.5))
+for _mode, _with in (("off", ""), ("simple", ", every layer sized, usage figures included")):
+    for _op, _limit in (("layer_infos()", 0.5), ("ls --json", 1.5), ("status", 1.0), ("gc()", 0.5)):
+        _T.append(Target(f"store_size_whole:{_op}:{_mode}",
+                         f"quotas {_mode}{_with}: {_op} of a 10,000-layer store "
+                         f"{'as a fresh process ' if _op in ('ls --json', 'status') else ''}under {_limit:g} s",
+                         _limit, unit="s"))
 
 # ---- issue #15 (4): native changes in every setup (benchmarks/test_changes_bench.py, test_setup)
 for _setup, _how in (("one transaction", "the base written through get() and snapshotted before any commit"),

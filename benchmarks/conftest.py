@@ -39,6 +39,15 @@ IMAGE_DIR = "/var/tmp"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
+def pytest_addoption(parser):
+    # tests/conftest.py defines it for the test suite; a run of benchmarks/ alone needs its own
+    try:
+        parser.addoption("--run-slow", action="store_true", default=False,
+                         help="benchmarks: also the slow sizes (a 100,000-layer store)")
+    except ValueError:
+        pass  # already defined: tests/ and benchmarks/ in one run
+
+
 # ---------------------------------------------------------------- the C floor
 
 class Floor:

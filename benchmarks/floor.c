@@ -29,6 +29,25 @@
  *                                "find NS" x N, then "nested COUNT"
  *   floor stat DIR NAME N        N fstatat(DIR, NAME, AT_SYMLINK_NOFOLLOW)
  *                                with a cached DIR fd: "stat NS" x N
+ *   floor snapshots DIR SRC...   one snapshot of each SRC (in order) into DIR,
+ *                                as "floor-m<i>": "snapshot NS" x count, all
+ *                                destroyed afterwards (not timed)
+ *   floor create-sized DIR N BYTES  N times: SUBVOL_CREATE, open the new
+ *                                subvolume, QGROUP_LIMIT (max_rfer BYTES) on
+ *                                it, close: "create NS" x N (all of it); then
+ *                                destroyed: "destroy NS" x N
+ *   floor destroy-committed DIR N  N empty subvolumes made (untimed), the
+ *                                transaction committed (BTRFS_IOC_SYNC), then
+ *                                destroyed: "destroy NS" x N, as a layer
+ *                                made earlier is removed (its tree blocks
+ *                                no longer those of the running transaction)
+ *   floor list FS N              N times: one TREE_SEARCH_V2 pass over the
+ *                                root tree's items of subvolumes (ROOT_ITEM,
+ *                                ROOT_BACKREF: "subvols COUNT"), then one over
+ *                                the quota tree's QGROUP_INFO and QGROUP_LIMIT
+ *                                items (none with quotas off): "list NS" x N,
+ *                                the pass over the root tree alone "list_root
+ *                                NS" x N
  *   floor threads SRC BASE T N   T threads, thread K snapshotting SRC N times
  *                                into BASE/tK (made if missing): "threads NS"
  *                                (wall time from the start barrier to the last
@@ -216,6 +235,192 @@ static int cmd_chain(const char *src, const char *dir, long n)
 	free(ts);
 	free(to);
 	close(dirfd);
+	return 0;
+}
+
+/* ------------------------------------------------------------ snapshots */
+
+static int cmd_snapshots(const char *dir, int nsrc, char **srcs)
+{
+	int dirfd = open_dir(dir);
+	char name[64];
+	int64_t *ts = calloc(nsrc ? nsrc : 1, sizeof(*ts));
+	for (int i = 0; i < nsrc; i++) {
+		int srcfd = open_dir(srcs[i]); /* the driver opens its parent too, untimed here */
+		snprintf(name, sizeof(name), "floor-m%d", i);
+		int64_t t0 = now_ns();
+		if (snap_create(srcfd, dirfd, name) < 0)
+			die("SNAP_CREATE_V2", name);
+		ts[i] = now_ns() - t0;
+		close(srcfd);
+	}
+	for (int i = 0; i < nsrc; i++) {
+		snprintf(name, sizeof(name), "floor-m%d", i);
+		if (snap_destroy(dirfd, name) < 0)
+			die("SNAP_DESTROY", name);
+	}
+	for (int i = 0; i < nsrc; i++)
+		printf("snapshot %lld\n", (long long)ts[i]);
+	free(ts);
+	close(dirfd);
+	return 0;
+}
+
+/* ------------------------------------------------------------ sized create */
+
+static int cmd_create_sized(const char *dir, long n, unsigned long long bytes)
+{
+	int dirfd = open_dir(dir);
+	char name[64];
+	int64_t *tc = calloc(n ? n : 1, sizeof(*tc)), *td = calloc(n ? n : 1, sizeof(*td));
+	for (long i = 0; i < n; i++) {
+		snprintf(name, sizeof(name), "floor-q%ld", i);
+		int64_t t0 = now_ns();
+		if (subvol_create(dirfd, name) < 0)
+			die("SUBVOL_CREATE", name);
+		int fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (fd < 0)
+			die("open", name);
+		struct btrfs_ioctl_qgroup_limit_args la;
+		memset(&la, 0, sizeof(la));
+		la.qgroupid = 0; /* the subvolume fd is in */
+		la.lim.flags = BTRFS_QGROUP_LIMIT_MAX_RFER;
+		la.lim.max_rfer = bytes;
+		if (ioctl(fd, BTRFS_IOC_QGROUP_LIMIT, &la) < 0)
+			die("QGROUP_LIMIT", name);
+		close(fd);
+		tc[i] = now_ns() - t0;
+	}
+	for (long i = 0; i < n; i++) {
+		snprintf(name, sizeof(name), "floor-q%ld", i);
+		int64_t t0 = now_ns();
+		if (snap_destroy(dirfd, name) < 0)
+			die("SNAP_DESTROY", name);
+		td[i] = now_ns() - t0;
+	}
+	for (long i = 0; i < n; i++)
+		printf("create %lld\n", (long long)tc[i]);
+	for (long i = 0; i < n; i++)
+		printf("destroy %lld\n", (long long)td[i]);
+	free(tc);
+	free(td);
+	close(dirfd);
+	return 0;
+}
+
+static int cmd_destroy_committed(const char *dir, long n)
+{
+	int dirfd = open_dir(dir);
+	char name[64];
+	int64_t *td = calloc(n ? n : 1, sizeof(*td));
+	for (long i = 0; i < n; i++) {
+		snprintf(name, sizeof(name), "floor-d%ld", i);
+		if (subvol_create(dirfd, name) < 0)
+			die("SUBVOL_CREATE", name);
+	}
+	if (ioctl(dirfd, BTRFS_IOC_SYNC, NULL) < 0)
+		die("SYNC", dir);
+	for (long i = 0; i < n; i++) {
+		snprintf(name, sizeof(name), "floor-d%ld", i);
+		int64_t t0 = now_ns();
+		if (snap_destroy(dirfd, name) < 0)
+			die("SNAP_DESTROY", name);
+		td[i] = now_ns() - t0;
+	}
+	for (long i = 0; i < n; i++)
+		printf("destroy %lld\n", (long long)td[i]);
+	free(td);
+	close(dirfd);
+	return 0;
+}
+
+/* ------------------------------------------------------------ list */
+
+/* One pass of TREE_SEARCH_V2 over [min, max] of tree `tree`, counting the
+ * items of type t1 or t2 (64 KiB buffer, key advanced with carry); returns
+ * the count, or -1 when the tree does not exist (quotas off). */
+static long search_pass(int fd, uint64_t tree, uint64_t min_obj, uint64_t max_obj, uint8_t min_type,
+			uint8_t max_type, uint8_t t1, uint8_t t2)
+{
+	static union {
+		struct btrfs_ioctl_search_args_v2 args;
+		char bytes[sizeof(struct btrfs_ioctl_search_args_v2) + 65536];
+	} s;
+	struct btrfs_ioctl_search_key *sk = &s.args.key;
+	uint64_t obj = min_obj, off = 0;
+	uint32_t type = min_type;
+	long count = 0;
+	for (;;) {
+		memset(&s.args, 0, sizeof(s.args));
+		sk->tree_id = tree;
+		sk->min_objectid = obj;
+		sk->max_objectid = max_obj;
+		sk->min_type = type;
+		sk->max_type = max_type;
+		sk->min_offset = off;
+		sk->max_offset = (uint64_t)-1;
+		sk->max_transid = (uint64_t)-1;
+		sk->nr_items = (uint32_t)-1;
+		s.args.buf_size = sizeof(s.bytes) - sizeof(s.args);
+		if (ioctl(fd, BTRFS_IOC_TREE_SEARCH_V2, &s.args) < 0) {
+			if (errno == ENOENT)
+				return -1;
+			die("TREE_SEARCH_V2", NULL);
+		}
+		if (sk->nr_items == 0)
+			break;
+		char *p = (char *)s.args.buf;
+		struct btrfs_ioctl_search_header *h = NULL;
+		for (uint32_t i = 0; i < sk->nr_items; i++) {
+			h = (struct btrfs_ioctl_search_header *)p;
+			if (h->type == t1 || h->type == t2)
+				count++;
+			p += sizeof(*h) + h->len;
+		}
+		obj = h->objectid;
+		type = h->type;
+		off = h->offset;
+		if (off < (uint64_t)-1) {
+			off++;
+		} else {
+			off = 0;
+			if (type < 255) {
+				type++;
+			} else {
+				type = 0;
+				if (obj == (uint64_t)-1)
+					break;
+				obj++;
+			}
+		}
+		if (obj > max_obj || (obj == max_obj && type > max_type))
+			break;
+	}
+	return count;
+}
+
+static int cmd_list(const char *path, long n)
+{
+	int fd = open_dir(path);
+	int64_t *tl = calloc(n ? n : 1, sizeof(*tl)), *tr = calloc(n ? n : 1, sizeof(*tr));
+	long subvols = 0;
+	for (long i = 0; i < n; i++) {
+		int64_t t0 = now_ns();
+		subvols = search_pass(fd, BTRFS_ROOT_TREE_OBJECTID, BTRFS_FIRST_FREE_OBJECTID, BTRFS_LAST_FREE_OBJECTID,
+				      BTRFS_ROOT_ITEM_KEY, BTRFS_ROOT_BACKREF_KEY, BTRFS_ROOT_BACKREF_KEY, BTRFS_ROOT_BACKREF_KEY);
+		tr[i] = now_ns() - t0;
+		search_pass(fd, BTRFS_QUOTA_TREE_OBJECTID, 0, 0, BTRFS_QGROUP_INFO_KEY, BTRFS_QGROUP_LIMIT_KEY,
+			    BTRFS_QGROUP_INFO_KEY, BTRFS_QGROUP_LIMIT_KEY);
+		tl[i] = now_ns() - t0;
+	}
+	for (long i = 0; i < n; i++)
+		printf("list %lld\n", (long long)tl[i]);
+	for (long i = 0; i < n; i++)
+		printf("list_root %lld\n", (long long)tr[i]);
+	printf("subvols %ld\n", subvols);
+	free(tl);
+	free(tr);
+	close(fd);
 	return 0;
 }
 
@@ -464,6 +669,10 @@ static void usage(void)
 	      "       floor find LAYER N\n"
 	      "       floor stat DIR NAME N\n"
 	      "       floor remove LAYERPATH...\n"
+	      "       floor snapshots DIR SRC...\n"
+	      "       floor create-sized DIR N BYTES\n"
+	      "       floor destroy-committed DIR N\n"
+	      "       floor list FS N\n"
 	      "       floor threads SRC BASEDIR T N\n", stderr);
 	exit(2);
 }
@@ -488,6 +697,14 @@ int main(int argc, char **argv)
 			remove_one(argv[i]);
 		return 0;
 	}
+	if (!strcmp(cmd, "snapshots") && argc >= 3)
+		return cmd_snapshots(argv[2], argc - 3, argv + 3);
+	if (!strcmp(cmd, "create-sized") && argc == 5)
+		return cmd_create_sized(argv[2], parse_count(argv[3]), strtoull(argv[4], NULL, 10));
+	if (!strcmp(cmd, "destroy-committed") && argc == 4)
+		return cmd_destroy_committed(argv[2], parse_count(argv[3]));
+	if (!strcmp(cmd, "list") && argc == 4)
+		return cmd_list(argv[2], parse_count(argv[3]));
 	if (!strcmp(cmd, "threads") && argc == 6)
 		return cmd_threads(argv[2], argv[3], parse_count(argv[4]), parse_count(argv[5]));
 	usage();

@@ -3,6 +3,8 @@
     python benchmarks/peakmem.py HOME none
     python benchmarks/peakmem.py HOME diff LAYER [PARENT]
     python benchmarks/peakmem.py HOME apply LAYER TARFILE
+    python benchmarks/peakmem.py HOME send LAYER [PARENT]
+    python benchmarks/peakmem.py HOME receive LAYER STREAMFILE
 
 Prints one JSON object: ``maxrss_kib`` (``VmHWM`` of /proc/self/status at
 the end: the process's peak resident set, interpreter included),
@@ -53,13 +55,25 @@ def main(argv: list[str]) -> int:
             layer, tar = args
             with open(tar, "rb") as f:
                 d.apply_diff(layer, None, f)
+        elif op == "send":
+            layer, parent = args[0], (args[1] if len(args) > 1 else None)
+            with d.send(layer, parent) as stream:
+                while stream.read(1 << 20):
+                    pass
+        elif op == "receive":
+            layer, stream_file = args
+            with open(stream_file, "rb") as f:
+                d.receive(layer, f)
         elif op != "none":
             raise SystemExit(f"unknown operation {op!r}")
         seconds = time.perf_counter() - t0
     finally:
         d.close()
     peak = vm_hwm_kib()
-    json.dump({"op": op, "maxrss_kib": peak, "before_kib": before, "seconds": seconds,
+    # `btrfs receive`, for receive: its ru_maxrss (an upper bound: Linux
+    # starts a child's at its parent's resident size)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    json.dump({"op": op, "maxrss_kib": peak, "before_kib": before, "seconds": seconds, "children_maxrss_kib": children,
                "python": sys.version.split()[0], "pid": os.getpid()}, sys.stdout)
     print()
     return 0

@@ -198,6 +198,64 @@ def quota_summary(groups) -> list[str]:
                   "full qgroups (x off, alternating)"], rows)
 
 
+STORE_SIZE_GROUP = re.compile(r"^store size, quotas (\w+): (.+)$")
+STORE_SIZE_MODES = ("off", "simple", "qgroup")
+STORE_SIZE_WHOLE = ("layer_infos()", "ls --json", "status", "gc()")
+
+
+def store_size_summary(groups) -> list[str]:
+    """Stores of 100 to 10,000 layers (benchmarks/test_store_size_bench.py):
+    per-layer operations with their growth from the 100-layer reference
+    store, then the whole-store operations beside the C floor of a listing."""
+    per_layer: dict[tuple[str, str], dict[int, Row]] = defaultdict(dict)
+    whole: dict[tuple[str, str], dict[int, Row]] = defaultdict(dict)
+    for g, rows in groups.items():
+        m = STORE_SIZE_GROUP.match(g)
+        if not m:
+            continue
+        mode, op = m.groups()
+        for r in rows:
+            if r.btrfsx and "layers" in r.extra:
+                (whole if op in STORE_SIZE_WHOLE else per_layer)[(mode, op)][int(r.extra["layers"])] = r
+    if not per_layer and not whole:
+        return []
+    sizes = sorted({n for d in (*per_layer.values(), *whole.values()) for n in d})
+
+    def order(key):
+        mode, op = key
+        return (STORE_SIZE_MODES.index(mode) if mode in STORE_SIZE_MODES else 9, op)
+    out: list[str] = []
+    if per_layer:
+        top = max(sizes)
+        rows = []
+        for key in sorted(per_layer, key=order):
+            by_size = per_layer[key]
+            big = by_size.get(top)
+            growth = big.median / big.ref_median if big and big.median and big.ref_median else None
+            kernel = big.extra.get("kernel_growth") if big else None
+            divided = growth / kernel if growth and kernel else None
+            rows.append([key[0], key[1], *[fmt_time(by_size[n].median) if n in by_size else "-" for n in sizes],
+                         "-" if big is None or big.ref_median is None else fmt_time(big.ref_median),
+                         fmt_ratio(growth), fmt_ratio(kernel) if kernel else "-",
+                         fmt_ratio(divided) if divided else "-"])
+        out += table(["quotas", "operation", *[f"{n:,} layers" for n in sizes],
+                      f"100 layers, alternating with {top:,}", f"growth at {top:,}", "C floor's growth",
+                      "growth, the kernel's divided out"], rows)
+        out.append("")
+    if whole:
+        rows = []
+        for key in sorted(whole, key=order):
+            by_size = whole[key]
+            top_row = by_size.get(max(by_size))
+            floor = top_row.ref_median if top_row else None
+            rows.append([key[0], key[1], *[fmt_time(by_size[n].median) if n in by_size else "-" for n in sizes],
+                         fmt_time(floor) if floor else "-",
+                         fmt_ratio(top_row.median / floor) if top_row and floor and top_row.median else "-"])
+        out += table(["quotas", "operation", *[f"{n:,} layers" for n in sizes],
+                      "C floor of a listing, largest store", "x the C floor"], rows)
+    return out
+
+
 def natural(name: str) -> tuple:
     # "quotas: ... at 50 layers" before "... at 200 layers"
     return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name.replace(",", "")))
@@ -413,7 +471,26 @@ def write(args) -> str:
         w("")
         lines += qs
         w("")
+    ss = store_size_summary(groups)
+    if ss:
+        w("### Stores of 100 to 10,000 layers")
+        w("")
+        w("`benchmarks/test_store_size_bench.py`: one CI-shaped store per quota mode (20 bases of 100 "
+          "files, children snapshotted from random earlier layers, chains at most 40 deep; every layer "
+          "sized with quotas on), grown in place, each operation alternating round by round with the "
+          "same operation on a 100-layer reference store of the same shape on another filesystem. "
+          "Growth: the median at the largest size over the reference's, alternating; for creates, "
+          "snapshots and removes, the C floor's growth (the same ioctls in a loop in the same "
+          "directory of the same filesystems) is the kernel's own. Whole-store operations: `ls --json` "
+          "and `status` as fresh processes; the C floor of a listing is one TREE_SEARCH_V2 pass over the "
+          "root tree's ROOT_ITEM/ROOT_BACKREF items and one over the quota tree. The store-size groups "
+          "are not repeated below.")
+        w("")
+        lines += ss
+        w("")
     for g in sorted(groups, key=group_key):
+        if ss and STORE_SIZE_GROUP.match(g):
+            continue
         rows = groups[g]
         base = next((r for r in rows if r.btrfsx), None) or next(
             (r for r in rows if r.contender.startswith("Driver")), None)

@@ -6,7 +6,7 @@ every failing ioctl raises ``OSError`` (of the subclass its errno maps to).
 """
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Final, NamedTuple, TypeAlias, TypedDict, Unpack, final
 from uuid import UUID
 
@@ -25,6 +25,11 @@ UUID_TREE_OBJECTID: Final[int]
 VOL_NAME_MAX: Final[int]
 
 SUBVOL_RDONLY: Final[int]
+SEND_FLAG_NO_FILE_DATA: Final[int]
+SEND_FLAG_OMIT_STREAM_HEADER: Final[int]
+SEND_FLAG_OMIT_END_CMD: Final[int]
+SEND_FLAG_VERSION: Final[int]
+SEND_FLAG_COMPRESSED: Final[int]
 ROOT_SUBVOL_RDONLY: Final[int]
 
 INODE_ITEM_KEY: Final[int]
@@ -250,6 +255,10 @@ def get_subvolume_flags(fd: int) -> int:
 
 def set_subvolume_flags(fd: int, flags: int) -> None:
     """SUBVOL_SETFLAGS on the subvolume root ``fd``."""
+
+def send(subvol_fd: int, out_fd: int, parent_root: int = 0, clone_sources: Sequence[int] = (), flags: int = 0,
+         version: int = 0) -> None:
+    """SEND of the read-only subvolume ``subvol_fd`` into ``out_fd``, GIL released."""
 
 # ---------------------------------------------------------------- tree search
 

@@ -110,6 +110,11 @@ UUID_TREE_OBJECTID = BTRFS_UUID_TREE_OBJECTID
 VOL_NAME_MAX = BTRFS_VOL_NAME_MAX
 
 SUBVOL_RDONLY = BTRFS_SUBVOL_RDONLY
+SEND_FLAG_NO_FILE_DATA = BTRFS_SEND_FLAG_NO_FILE_DATA
+SEND_FLAG_OMIT_STREAM_HEADER = BTRFS_SEND_FLAG_OMIT_STREAM_HEADER
+SEND_FLAG_OMIT_END_CMD = BTRFS_SEND_FLAG_OMIT_END_CMD
+SEND_FLAG_VERSION = BTRFS_SEND_FLAG_VERSION
+SEND_FLAG_COMPRESSED = BTRFS_SEND_FLAG_COMPRESSED
 ROOT_SUBVOL_RDONLY = BTRFS_ROOT_SUBVOL_RDONLY
 
 INODE_ITEM_KEY = BTRFS_INODE_ITEM_KEY
@@ -501,6 +506,46 @@ def set_subvolume_flags(int fd, uint64_t flags):
         _raise_fd(-ret, fd)
 
 
+def send(int subvol_fd, int out_fd, uint64_t parent_root=0, clone_sources=(), uint64_t flags=0,
+         uint32_t version=0):
+    """SEND: write a send stream of the read-only subvolume ``subvol_fd`` to
+    ``out_fd`` (a pipe or file), incremental against read-only subvolume id
+    ``parent_root`` when not 0, cloning extents from the subvolume ids
+    ``clone_sources``.  ``version`` is used with ``SEND_FLAG_VERSION`` (2:
+    kernel 5.19; ``SEND_FLAG_COMPRESSED`` writes compressed extents as they
+    are).  Returns when the whole stream is written; the GIL is released
+    meanwhile, so another thread can read the pipe.  EINTR is raised, not
+    retried."""
+    cdef btrfs_ioctl_send_args args
+    cdef Py_ssize_t n = len(clone_sources), i
+    cdef uint64_t *ids = NULL
+    cdef int ret
+    memset(&args, 0, sizeof(args))
+    if n:
+        ids = <uint64_t *>malloc(n * sizeof(uint64_t))
+        if ids == NULL:
+            raise MemoryError()
+    try:
+        for i in range(n):
+            ids[i] = clone_sources[i]
+        args.send_fd = out_fd
+        args.clone_sources_count = n
+        args.clone_sources = ids
+        args.parent_root = parent_root
+        args.flags = flags
+        args.version = version
+        # Not retried on EINTR: the kernel has written part of a stream by
+        # then, and a second one after it would be a corrupt stream.
+        with nogil:
+            ret = ioctl(subvol_fd, BTRFS_IOC_SEND, &args)
+            if ret < 0:
+                ret = -errno
+    finally:
+        free(ids)
+    if ret < 0:
+        _raise_fd(-ret, subvol_fd)
+
+
 # ---------------------------------------------------------------- tree search
 
 @cython.final
@@ -704,13 +749,56 @@ def tree_search(int fd, uint64_t tree_id, **key):
     return TreeSearch(fd, tree_id, **key)
 
 
+cdef enum:
+    SEARCH_ONE_BUF = 4096
+
+
 cdef object _search_one(int fd, uint64_t tree_id, uint64_t objectid, uint32_t type, uint64_t offset):
-    """The data of the item with exactly this key, or None."""
-    for item in TreeSearch(fd, tree_id, min_objectid=objectid, max_objectid=objectid,
-                           min_type=type, max_type=type, min_offset=offset, max_offset=offset,
-                           buf_size=4096):
-        return (<SearchItem>item).data
-    return None
+    """The data of the item with exactly this key, or None.
+
+    One TREE_SEARCH_V2 asking for one item: the kernel's copy loop goes on
+    through the rest of the leaf until the buffer or ``nr_items`` is full,
+    testing every later key against the range (Linux 6.18), so without the
+    limit a lookup in a tree of small items (the UUID and quota trees) costs
+    a walk of a whole leaf, hundreds of items once the tree has filled one."""
+    cdef btrfs_ioctl_search_args_v2 *args = <btrfs_ioctl_search_args_v2 *>malloc(
+        sizeof(btrfs_ioctl_search_args_v2) + SEARCH_ONE_BUF)
+    cdef btrfs_ioctl_search_header *sh
+    cdef int ret
+    cdef size_t need = SEARCH_ONE_BUF
+    if args == NULL:
+        raise MemoryError()
+    try:
+        while True:
+            memset(args, 0, sizeof(btrfs_ioctl_search_args_v2))
+            args.key.tree_id = tree_id
+            args.key.min_objectid = objectid
+            args.key.max_objectid = objectid
+            args.key.min_type = type
+            args.key.max_type = type
+            args.key.min_offset = offset
+            args.key.max_offset = offset
+            args.key.max_transid = U64_MAX
+            args.key.nr_items = 1
+            args.buf_size = need
+            with nogil:
+                ret = _ioctl(fd, BTRFS_IOC_TREE_SEARCH_V2, args)
+            if ret == -EOVERFLOW and args.buf_size > need:
+                # an item larger than the buffer: the kernel said how large
+                need = args.buf_size
+                free(args)
+                args = <btrfs_ioctl_search_args_v2 *>malloc(sizeof(btrfs_ioctl_search_args_v2) + need)
+                if args == NULL:
+                    raise MemoryError()
+                continue
+            if ret < 0:
+                _raise_fd(-ret, fd)
+            if args.key.nr_items == 0:
+                return None
+            sh = <btrfs_ioctl_search_header *>args.buf
+            return PyBytes_FromStringAndSize(<const char *>(args.buf + sizeof(btrfs_ioctl_search_header)), sh.len)
+    finally:
+        free(args)
 
 
 cdef enum:

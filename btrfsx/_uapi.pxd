@@ -104,6 +104,23 @@ cdef extern from "btrfsx_compat.h" nogil:
     unsigned long BTRFS_IOC_WAIT_SYNC
     unsigned long BTRFS_IOC_FS_INFO
     unsigned long BTRFS_IOC_SUBVOL_SYNC_WAIT
+    unsigned long BTRFS_IOC_SEND
+
+    # flags of btrfs_ioctl_send_args (VERSION and COMPRESSED: kernel 5.19)
+    enum:
+        BTRFS_SEND_FLAG_NO_FILE_DATA
+        BTRFS_SEND_FLAG_OMIT_STREAM_HEADER
+        BTRFS_SEND_FLAG_OMIT_END_CMD
+        BTRFS_SEND_FLAG_VERSION
+        BTRFS_SEND_FLAG_COMPRESSED
+
+    struct btrfs_ioctl_send_args:
+        int64_t send_fd
+        uint64_t clone_sources_count
+        uint64_t *clone_sources
+        uint64_t parent_root
+        uint64_t flags
+        uint32_t version
 
     struct btrfs_ioctl_vol_args:
         int64_t fd

@@ -46,6 +46,8 @@ EXAMPLES = {
     "diff": "btrfsx diff app --zstd -o app.tar.zst",
     "apply": "btrfsx create app2 --parent base && btrfsx apply app2 app.tar.zst",
     "diff-size": "btrfsx diff-size app --parent ''",
+    "send": "btrfsx send app --parent base | ssh builder2 btrfsx receive app --parent base -",
+    "receive": "btrfsx receive app --parent base app.stream     # or - for stdin",
     "gc": "btrfsx gc",
     "demo": "btrfsx demo --builds 5 --layers 3",
     "loopback": "btrfsx loopback status; btrfsx loopback destroy",
@@ -356,6 +358,62 @@ def cmd_apply(args) -> int:
     return 0
 
 
+def cmd_send(args) -> int:
+    if not args.output and sys.stdout.isatty():
+        raise UserError("refusing to write a send stream to a terminal: give -o FILE or redirect stdout")
+    start = time.monotonic()
+    total = 0
+    with _driver(args) as d, d.send(args.id, args.parent or None, protocol=args.proto) as stream:
+        out = open(args.output, "wb") if args.output else sys.stdout.buffer
+        done = False
+        try:
+            while chunk := stream.read(1 << 20):
+                out.write(chunk)
+                total += len(chunk)
+            out.flush()
+            done = True
+        finally:
+            if args.output:
+                out.close()
+                if not done:
+                    # no partial stream left to be taken for a whole one (a
+                    # regular file only: never /dev/null or a FIFO)
+                    try:
+                        if os.path.isfile(args.output) and not os.path.islink(args.output):
+                            os.unlink(args.output)
+                    except OSError:
+                        pass
+    seconds = time.monotonic() - start
+    if args.json:
+        # with the stream on stdout, the figures go to stderr
+        text = json.dumps({"id": args.id, "parent": args.parent or None, "bytes": total,
+                           "seconds": round(seconds, 6)}) + "\n"
+        (sys.stdout if args.output else sys.stderr).write(text)
+    elif args.output:
+        print(f"sent {args.id} ({total} bytes, {_size(total)}) in {seconds:.2f}s to {args.output}")
+    return 0
+
+
+def cmd_receive(args) -> int:
+    if args.file == "-":
+        source = sys.stdin.buffer
+    else:
+        try:
+            source = open(args.file, "rb")
+        except OSError as e:
+            raise UserError(f"cannot read {args.file}: {e.strerror}") from None
+    opts = CreateOpts(storage_opt={"size": args.size}) if args.size is not None else None
+    start = time.monotonic()
+    with source, _driver(args) as d:
+        total = d.receive(args.id, source, args.parent or None, opts)
+    seconds = time.monotonic() - start
+    if args.json:
+        _emit_json({"id": args.id, "parent": args.parent or None, "bytes": total, "seconds": round(seconds, 6)})
+    else:
+        print(f"received {args.id} ({total} bytes, {_size(total)}) in {seconds:.2f}s")
+    return 0
+
+
 def cmd_diff_size(args) -> int:
     with _driver(args, _changes_options(args)) as d:
         parent = _parent_for(d, args.id, args.parent)
@@ -604,6 +662,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id")
     p.add_argument("file", help="the tar file, or - for stdin")
     p.add_argument("--parent", help="the layer's parent (informational, as in containers/storage)")
+    p = command("send", cmd_send, "write a layer as a btrfs send stream (incremental against --parent)",
+                "write layer ID as a btrfs send stream, incremental against layer --parent (only what changed,\n"
+                "extents shared with the parent sent as clones); another btrfs store takes it with 'btrfsx\n"
+                "receive'.  --json puts the bytes and seconds on stderr when the stream goes to stdout.")
+    p.add_argument("id")
+    p.add_argument("--parent", help="send only what changed against this layer (the receiver must have received it)")
+    p.add_argument("-o", "--output", help="the file to write (default: stdout, never a terminal)")
+    p.add_argument("--proto", type=int, choices=(1, 2), default=None,
+                   help="send stream protocol version (default: the highest the kernel offers; 1 for older receivers)")
+    p = command("receive", cmd_receive, "make a layer from a btrfs send stream, all or nothing")
+    p.add_argument("id")
+    p.add_argument("file", help="the send stream, or - for stdin")
+    p.add_argument("--parent", help="the layer the stream is incremental against")
+    p.add_argument("--size", help="a size limit (10G, 512m, ...): turns quotas on")
     p = command("export-oci", cmd_export_oci, "write a layer and its ancestors as an image in an OCI layout")
     p.add_argument("id")
     p.add_argument("directory", help="the OCI image layout (made if missing; other images in it are kept)")
@@ -636,7 +708,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("loopback", cmd_loopback, "the embedded store: show it, or unmount and delete it")
     p.add_argument("action", choices=["status", "destroy"])
     for p in sub.choices.values():
-        _add_common(p, short_option=p.prog != "btrfsx diff")
+        _add_common(p, short_option=p.prog not in ("btrfsx diff", "btrfsx send"))
     p = command("quota", cmd_quota, "manage the store's quotas",
                 "manage the store's quotas (the common options --home, --json, --debug, -o go after the action)")
     actions = p.add_subparsers(dest="quota_action", metavar="ACTION", required=True, parser_class=_CommandParser)

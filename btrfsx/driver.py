@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO, NamedTuple
 
-from btrfsx import _ioctl, archive, quota, subvolume
+from btrfsx import _ioctl, archive, quota, subvolume, transport
 from btrfsx._version import __version__
 from btrfsx.archive import Change
 from btrfsx.archive.native import NativeUnavailable, inodes_with_xattrs, native_changes
@@ -488,6 +488,7 @@ class Driver:
         finally:
             if stripe is not None:
                 store.unlock_id(stripe)
+        transport.forget(store, id)  # its read-only twin, if it was sent or received
 
     def get(self, id: str, options: MountOpts | None = None) -> str:
         """The directory of layer ``id``; re-applies its size limit when it has one."""
@@ -662,6 +663,47 @@ class Driver:
         finally:
             store.unlock_id(stripe)
 
+    # ------------------------------------------------------------ send streams (btrfsx.transport)
+
+    def send(self, id: str, parent: str | None = None, *, protocol: int | None = None) -> BinaryIO:
+        """A btrfs send stream of layer ``id``, incremental against layer
+        ``parent``, produced as it is read (close it when done).  Sent from
+        read-only twins of the layers, made once and kept until the layer
+        changes or is removed.  ``protocol``: 1, or 2 (encoded writes: compressed
+        extents stay compressed); by default the highest the kernel offers."""
+        check_layer_id(id)
+        if parent:
+            check_layer_id(parent)
+        self._check_layer(id)
+        try:
+            return transport.send(self._store, id, parent or None, protocol)
+        except OSError as e:
+            raise self._naming(e, id, "send it") from None
+
+    def receive(self, id: str, stream: BinaryIO, parent: str | None = None,
+                opts: CreateOpts | None = None) -> int:
+        """Make layer ``id`` from a send stream (:meth:`send`'s, here or on another
+        machine), incremental against layer ``parent`` when the stream is;
+        returns the bytes read.  A writable layer like :meth:`create_read_write`'s
+        (``storage_opt`` size, else ``btrfs.size``).  All or nothing."""
+        check_layer_id(id)
+        if parent:
+            check_layer_id(parent)
+        try:
+            size = parse_storage_opt(opts.storage_opt) if opts else None
+            if size is None and self.options.default_size:
+                size = self.options.default_size
+            if size is not None:
+                check_size(size, self.options.min_space)
+        except OptionError as e:
+            raise OptionError(f"layer {id!r}: {e}") from None
+        if size is not None:
+            self._ensure_quota()
+        try:
+            return transport.receive(self._store, id, stream, parent or None, size, self._limit)
+        except OSError as e:
+            raise self._naming(e, id, "receive it") from None
+
     def parent(self, id: str) -> str | None:
         """The layer ``id`` was made from, from btrfs's parent UUID (so also for
         layers another program made), or None."""
@@ -698,6 +740,13 @@ class Driver:
                 return [info for info in map(self._layer_info, wanted) if info is not None]
             except PermissionError:
                 pass
+        if ids is None and _privileged():
+            try:
+                listed = self._all_layer_infos()
+            except PermissionError:
+                listed = None
+            if listed is not None:
+                return listed
         every = sorted(store.list_layers())
         wanted = every if ids is None else [check_layer_id(i) for i in ids]
         subvols: dict[str, tuple[int, str, str, float]] = {}  # id -> (subvolid, uuid, parent uuid, otime)
@@ -725,6 +774,36 @@ class Driver:
             subvolid, uuid, parent_uuid, otime = subvols[layer]
             out.append(LayerInfo(layer, lineage.parent(uuid, parent_uuid, by_uuid.get), uuid, otime,
                                  *self._usage(layer, subvolid, quotas)))
+        return out
+
+    def _all_layer_infos(self) -> list[LayerInfo] | None:
+        """layer_infos() of every layer from two tree searches (root only):
+        one pass over the root tree for the layers, their UUIDs and creation
+        times, one over the quota tree for usage and limits; quota files are
+        read only for layers without a limit.  None where root items carry
+        no UUIDs."""
+        store = self._store
+        subvols = store.layer_subvolumes()
+        if subvols is None:
+            return None
+        lineage = _Lineage(store.lineage())
+        by_uuid = {sub.uuid: layer for layer, sub in subvols.items()}
+        usage: dict = {}
+        limits: dict = {}
+        if self._quota_on():
+            usage, limits = quota.qgroup_table(store.home_fd)
+        quota_files = store.quota_file_names()
+        out = []
+        for layer in sorted(subvols):
+            sub = subvols[layer]
+            info = usage.get(sub.id)
+            lim = limits.get(sub.id)
+            limit = lim.max_referenced if lim is not None and lim.flags & _ioctl.QGROUP_LIMIT_MAX_RFER else None
+            if limit is None and layer in quota_files:
+                limit = store.read_quota(layer)
+            out.append(LayerInfo(layer, lineage.parent(sub.uuid, sub.parent_uuid, by_uuid.get), sub.uuid,
+                                 sub.otime, None if info is None else info.referenced,
+                                 None if info is None else info.exclusive, limit))
         return out
 
     def _usage(self, layer: str, subvolid: int, quotas: bool) -> tuple[int | None, int | None, int | None]:
@@ -771,7 +850,10 @@ class Driver:
         """Reclaim what interrupted operations left behind (see :meth:`Store.gc`);
         entries of ``subvolumes/`` that are not subvolumes are reported in
         ``foreign``, never removed."""
-        return self._store.gc()
+        report = self._store.gc()
+        if _privileged():
+            report.subvolumes.extend(transport.gc(self._store))  # read-only twins of layers gone
+        return report
 
     def disable_quotas(self, force: bool = False) -> bool:
         """Turn quotas off on the filesystem of home; False when they were off.

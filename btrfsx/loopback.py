@@ -17,7 +17,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from btrfsx import _ioctl
+from btrfsx import subvolume
 from btrfsx._proc import pid_alive
 from btrfsx.mounts import is_mountpoint, mount_source
 
@@ -166,7 +166,7 @@ class Loopback:
     @property
     def mounted(self) -> bool:
         try:
-            return os.path.ismount(self.mountpoint) and _ioctl.fs_magic(self.mountpoint) == _ioctl.SUPER_MAGIC
+            return os.path.ismount(self.mountpoint) and subvolume.on_btrfs(self.mountpoint)
         except OSError:
             return False
 

@@ -1,8 +1,14 @@
-"""What is mounted where, from /proc/self/mountinfo."""
+"""What is mounted where (from /proc/self/mountinfo), and the private
+mount point a driver makes of its home."""
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
+
+from btrfsx import _ioctl
+from btrfsx._fd import open_dir
 
 
 def _unescape_mountinfo(field: str) -> str:
@@ -35,3 +41,31 @@ def mount_source(path: str | os.PathLike[str]) -> str | None:
             if _unescape_mountinfo(before.split(" ")[4]) == path:
                 return _unescape_mountinfo(after.split(" ")[1])
     return None
+
+
+def make_private(path: str) -> bool:
+    """Make ``path`` a private mount point, bind-mounting it on itself when
+    it is not one (as containers/storage's mount.MakePrivate does); True
+    when this bind-mounted it.  PermissionError without the privilege."""
+    with open_dir(path, follow=True) as fd:
+        # Drivers in several processes: without this lock two could both
+        # see no mount yet and stack two bind mounts.
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        bound = False
+        if not is_mountpoint(path):
+            _ioctl.mount(path, path, None, _ioctl.MS_BIND)
+            bound = True
+        _ioctl.mount(None, path, None, _ioctl.MS_PRIVATE)
+        return bound
+
+
+def detach(path: str) -> bool:
+    """Unmount ``path`` lazily (MNT_DETACH: whoever still works below it
+    keeps its view); False when nothing was mounted there."""
+    try:
+        _ioctl.umount(path, _ioctl.MNT_DETACH)
+    except OSError as e:
+        if e.errno != errno.EINVAL:
+            raise
+        return False
+    return True

@@ -82,7 +82,29 @@ def subvolume_ids(fd: int) -> set[int]:
     return {item.objectid for item in _ioctl.TreeSearch(
         fd, _ioctl.ROOT_TREE_OBJECTID, min_objectid=_ioctl.FIRST_FREE_OBJECTID,
         max_objectid=_ioctl.LAST_FREE_OBJECTID, min_type=_ioctl.ROOT_ITEM_KEY,
-        max_type=_ioctl.ROOT_ITEM_KEY) if item.type == _ioctl.ROOT_ITEM_KEY}
+        max_type=_ioctl.ROOT_ITEM_KEY, item_types=(_ioctl.ROOT_ITEM_KEY,))}
+
+
+def qgroup_table(fd: int) -> tuple[dict[int, _ioctl.QgroupInfo], dict[int, _ioctl.QgroupLimit]]:
+    """The usage and the limits of every level-0 qgroup, by qgroup id, from
+    one search of the quota tree (root only); both empty when quotas are off.
+    What :func:`_ioctl.qgroup_usage` and :func:`_ioctl.qgroup_limits` give
+    for one qgroup, for all of them at the cost of one pass."""
+    usage: dict[int, _ioctl.QgroupInfo] = {}
+    limits: dict[int, _ioctl.QgroupLimit] = {}
+    try:
+        for item in _ioctl.TreeSearch(fd, _ioctl.QUOTA_TREE_OBJECTID, min_objectid=0, max_objectid=0,
+                                      min_type=_ioctl.QGROUP_INFO_KEY, max_type=_ioctl.QGROUP_LIMIT_KEY,
+                                      item_types=(_ioctl.QGROUP_INFO_KEY, _ioctl.QGROUP_LIMIT_KEY)):
+            if item.offset >> _ioctl.QGROUP_LEVEL_SHIFT:
+                continue  # a higher-level qgroup: no subvolume's own
+            if item.type == _ioctl.QGROUP_INFO_KEY:
+                usage[item.offset] = _ioctl.decode_qgroup_info(item.data)
+            else:
+                limits[item.offset] = _ioctl.decode_qgroup_limit(item.data)
+    except FileNotFoundError:
+        return {}, {}  # quotas off: no quota tree
+    return usage, limits
 
 
 def stale_qgroups(fd: int) -> list[int]:

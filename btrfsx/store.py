@@ -122,6 +122,15 @@ class GcReport(NamedTuple):
         return bool(self.subvolumes or self.quota_files or self.qgroups or self.oci_markers)
 
 
+class LayerSubvolume(NamedTuple):
+    """A layer's subvolume as the root tree records it (:meth:`Store.layer_subvolumes`)."""
+
+    id: int             #: subvolume id
+    uuid: str
+    parent_uuid: str    #: "" when it has none
+    otime: float        #: creation time, seconds (as GET_SUBVOL_INFO gives it)
+
+
 class Store:
     """Directory fds, locks and staging of one home; no layer semantics."""
 
@@ -292,6 +301,11 @@ class Store:
             os.close(fd)
         os.rename(tmp, layer_id, src_dir_fd=qfd, dst_dir_fd=qfd)
 
+    def quota_file_names(self) -> set[str]:
+        """The names in ``quotas/`` (empty when it does not exist)."""
+        qfd = self.quotas_fd()
+        return set(_listdir(qfd)) if qfd is not None else set()
+
     def sized_layers(self) -> dict[str, int]:
         """Every published layer with a quota file, and its size."""
         qfd = self.quotas_fd()
@@ -460,21 +474,59 @@ class Store:
             out[name] = (parent, replaces)
         return out
 
+    def _subvolumes_dir_key(self) -> tuple[int, int]:
+        """(tree id, inode) of ``subvolumes/``: where a layer's ROOT_BACKREF points."""
+        if self._subvolumes_key is None:
+            self._subvolumes_key = (_ioctl.subvolume_id(self.subvolumes_fd), os.fstat(self.subvolumes_fd).st_ino)
+        return self._subvolumes_key
+
+    def layer_subvolumes(self) -> dict[str, LayerSubvolume] | None:
+        """Every layer (a subvolume whose entry is in ``subvolumes/``) with its
+        subvolume's id, UUIDs and creation time, from one pass over the root
+        tree's ROOT_ITEM and ROOT_BACKREF items: the cost of reading the
+        subvolumes' items, not of opening each layer.  Root only
+        (PermissionError otherwise); None on a kernel whose root items carry
+        no UUIDs (legacy items), where only GET_SUBVOL_INFO tells."""
+        tree, ino = self._subvolumes_dir_key()
+        out: dict[str, LayerSubvolume] = {}
+        root_data = b""
+        root_id = -1
+        for item in _ioctl.TreeSearch(self.home_fd, _ioctl.ROOT_TREE_OBJECTID,
+                                      min_objectid=_ioctl.FIRST_FREE_OBJECTID,
+                                      max_objectid=_ioctl.LAST_FREE_OBJECTID, min_type=_ioctl.ROOT_ITEM_KEY,
+                                      max_type=_ioctl.ROOT_BACKREF_KEY,
+                                      item_types=(_ioctl.ROOT_ITEM_KEY, _ioctl.ROOT_BACKREF_KEY)):
+            # a subvolume's ROOT_ITEM sorts before its ROOT_BACKREF (same objectid, lower type)
+            if item.type == _ioctl.ROOT_ITEM_KEY:
+                root_id, root_data = item.objectid, item.data
+                continue
+            if item.offset != tree or item.objectid != root_id:
+                continue  # in another directory tree, or no root item seen (being dropped)
+            ref = _ioctl.decode_root_ref(item.data)
+            if ref.dirid != ino:
+                continue
+            root = _ioctl.decode_root_item(root_data)
+            if root.uuid is None or root.otime_ns is None:
+                return None
+            sec, nsec = divmod(root.otime_ns, 1_000_000_000)
+            out[os.fsdecode(ref.name)] = LayerSubvolume(item.objectid, str(root.uuid),
+                                                        str(root.parent_uuid or ""), sec + nsec / 1e9)
+        return out
+
     def layer_by_uuid(self, uuid: str) -> str | None:
         """The layer whose subvolume has UUID ``uuid``, or None: from the
         UUID tree and the subvolume's ROOT_BACKREF (its name and directory),
         without opening any layer (root only: PermissionError otherwise)."""
         if not uuid:
             return None
-        if self._subvolumes_key is None:
-            self._subvolumes_key = (_ioctl.subvolume_id(self.subvolumes_fd), os.fstat(self.subvolumes_fd).st_ino)
-        tree, ino = self._subvolumes_key
+        tree, ino = self._subvolumes_dir_key()
         for subvolid in _ioctl.subvolumes_by_uuid(self.home_fd, _uuid.UUID(uuid)):
-            for item in _ioctl.TreeSearch(self.home_fd, _ioctl.ROOT_TREE_OBJECTID, min_objectid=subvolid,
-                                          max_objectid=subvolid, min_type=_ioctl.ROOT_BACKREF_KEY,
-                                          max_type=_ioctl.ROOT_BACKREF_KEY, buf_size=4096):
-                ref = _ioctl.decode_root_ref(item.data)
-                if item.offset == tree and ref.dirid == ino:
+            # its ROOT_BACKREF is keyed by the tree its directory entry is in:
+            # one exact lookup, as the UUID's was
+            data = _ioctl.search_item(self.home_fd, _ioctl.ROOT_TREE_OBJECTID, subvolid, _ioctl.ROOT_BACKREF_KEY, tree)
+            if data is not None:
+                ref = _ioctl.decode_root_ref(data)
+                if ref.dirid == ino:
                     return os.fsdecode(ref.name)
         return None
 
@@ -534,12 +586,18 @@ class Store:
         quota_files: list[str] = []
         qfd = self.quotas_fd()
         if qfd is not None:
+            # one listing of subvolumes/ instead of a lock and a stat per quota
+            # file: only a file whose layer is not listed is checked again,
+            # under the id's lock, before it goes
+            present = set(_listdir(self.subvolumes_fd))
             for name in sorted(_listdir(qfd)):
                 if name.startswith(".quota-") and name.endswith(".tmp"):
                     pid = name[len(".quota-"):].split("-", 1)[0]
                     if pid.isdigit() and not pid_alive(int(pid)):
                         os.unlink(name, dir_fd=qfd)
                         quota_files.append(os.path.join(self.quotas_path, name))
+                    continue
+                if name in present:
                     continue
                 with self.lock(name):
                     try:

@@ -1,5 +1,7 @@
-"""Subvolume policy over the ioctl layer: finding nested subvolumes from
-btrfs's own metadata, and destroying a subvolume with everything in it."""
+"""Subvolumes over the ioctl layer: making, snapshotting and describing
+one, finding nested subvolumes from btrfs's own metadata, and destroying a
+subvolume with everything in it.  The driver and the modules above it use
+these, not :mod:`btrfsx._ioctl`."""
 
 from __future__ import annotations
 
@@ -9,6 +11,64 @@ from typing import NamedTuple
 
 from btrfsx import _ioctl
 from btrfsx._fd import open_dir
+
+SubvolumeInfo = _ioctl.SubvolumeInfo
+
+#: The inode number of every subvolume's root directory (BTRFS_FIRST_FREE_OBJECTID).
+ROOT_INO = _ioctl.FIRST_FREE_OBJECTID
+
+
+def on_btrfs(path_or_fd: int | str | bytes | os.PathLike[str]) -> bool:
+    """Whether a path or an open fd is on a btrfs filesystem (statfs)."""
+    return _ioctl.fs_magic(path_or_fd) == _ioctl.SUPER_MAGIC
+
+
+def is_root(st: os.stat_result) -> bool:
+    """Whether ``st`` (of a directory on btrfs) is a subvolume's root."""
+    return st.st_ino == ROOT_INO
+
+
+def is_subvolume(name: str | bytes, *, dir_fd: int) -> bool:
+    """Whether ``name`` in directory ``dir_fd`` is a subvolume's root."""
+    return _ioctl.is_subvolume(name, dir_fd=dir_fd)
+
+
+def create(dirfd: int, name: str | bytes, *, max_referenced: int | None = None) -> None:
+    """An empty subvolume ``name`` in ``dirfd``, limited to ``max_referenced``
+    bytes when given (its qgroup made with the limit, in the same ioctl)."""
+    _ioctl.create_subvolume(dirfd, name, max_referenced=max_referenced)
+
+
+def snapshot(src_fd: int, dst_dirfd: int, name: str | bytes, *, readonly: bool = False,
+             max_referenced: int | None = None) -> None:
+    """A snapshot of the subvolume ``src_fd`` as ``name`` in ``dst_dirfd``."""
+    _ioctl.snapshot(src_fd, dst_dirfd, name, readonly=readonly, max_referenced=max_referenced)
+
+
+def info(fd: int) -> SubvolumeInfo:
+    """What btrfs records of the subvolume ``fd`` is in (GET_SUBVOL_INFO)."""
+    return _ioctl.get_subvolume_info(fd)
+
+
+def subvolume_id(fd: int) -> int:
+    """The id of the subvolume ``fd`` is in."""
+    return _ioctl.subvolume_id(fd)
+
+
+def set_readonly(fd: int) -> None:
+    """Make the subvolume whose root is ``fd`` read-only."""
+    _ioctl.set_subvolume_flags(fd, _ioctl.get_subvolume_flags(fd) | _ioctl.SUBVOL_RDONLY)
+
+
+def commit(fd: int) -> None:
+    """Write back dirty data and commit the transaction of the filesystem
+    ``fd`` is on (BTRFS_IOC_SYNC)."""
+    _ioctl.sync(fd)
+
+
+def filesystem_uuid(fd: int) -> str:
+    """The UUID of the filesystem ``fd`` is on."""
+    return str(_ioctl.fs_info(fd).fsid)
 
 
 class Nested(NamedTuple):

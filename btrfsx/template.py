@@ -63,7 +63,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-from btrfsx import _ioctl, subvolume
+from btrfsx import subvolume
 from btrfsx._fd import locked, open_dir
 from btrfsx.driver import Driver
 from btrfsx.store import STATE, check_layer_id, pid_alive
@@ -140,9 +140,9 @@ class RunResult(NamedTuple):
         return 128 - self.returncode if self.returncode < 0 else self.returncode
 
 
-def _subvolume_info(path: str | os.PathLike[str]) -> _ioctl.SubvolumeInfo:
+def _subvolume_info(path: str | os.PathLike[str]) -> subvolume.SubvolumeInfo:
     with open_dir(path) as fd:
-        return _ioctl.get_subvolume_info(fd)
+        return subvolume.info(fd)
 
 
 class Template:
@@ -233,7 +233,7 @@ class Template:
             if e.errno in (errno.ELOOP, errno.ENOTTY, errno.EINVAL):
                 return None  # a symlink or a plain directory: not a template
             raise
-        if os.lstat(self.path).st_ino != _ioctl.FIRST_FREE_OBJECTID:
+        if not subvolume.is_root(os.lstat(self.path)):
             return None
         if record is None:
             if self.build is None and not self._state.joinpath("record").exists():
@@ -325,8 +325,8 @@ class Template:
                 d.remove(self.name)
             d.create(self.name, build_id)
             with open_dir(self.path) as fd:
-                _ioctl.set_subvolume_flags(fd, _ioctl.get_subvolume_flags(fd) | _ioctl.SUBVOL_RDONLY)
-                info = _ioctl.get_subvolume_info(fd)
+                subvolume.set_readonly(fd)
+                info = subvolume.info(fd)
             self._write_record({"name": self.name, "key": self.key, "uuid": str(info.uuid),
                                 "built_at": time.time(), "build_seconds": round(seconds, 3),
                                 "pid": os.getpid()})
@@ -346,7 +346,7 @@ class Template:
             return
         try:
             with open_dir(path) as fd:
-                nested = subvolume.nested_subvolumes(fd, _ioctl.subvolume_id(fd))
+                nested = subvolume.nested_subvolumes(fd, subvolume.subvolume_id(fd))
         except OSError:
             return
         if nested:
@@ -469,7 +469,7 @@ class Template:
                 return
         try:
             with open_dir(self._subvolumes) as fd:
-                _ioctl.sync(fd)
+                subvolume.commit(fd)
         except OSError as e:
             log.debug("template %r: BTRFS_IOC_SYNC failed: %s", self.name, e)
 

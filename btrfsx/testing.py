@@ -71,7 +71,7 @@ from typing import Any
 
 import pytest
 
-from btrfsx import _ioctl, subvolume
+from btrfsx import subvolume
 from btrfsx._fd import DIR_FLAGS, locked, open_dir
 from btrfsx.driver import Driver
 from btrfsx.errors import PrerequisitesError
@@ -207,7 +207,7 @@ def add_nested(root: str | os.PathLike, layout: Sequence[str] = NESTED_LAYOUT) -
         parent, name = os.path.split(os.path.join(os.fspath(root), rel))
         os.makedirs(parent, exist_ok=True)
         with open_dir(parent) as fd:
-            _ioctl.create_subvolume(fd, name)
+            subvolume.create(fd, name)
         made.append(os.path.join(parent, name))
     return made
 
@@ -219,7 +219,7 @@ def walk_nested(root: str | os.PathLike[str]) -> list[str]:
     for dirpath, dirnames, _ in os.walk(root):
         for d in dirnames:
             p = os.path.join(dirpath, d)
-            if os.lstat(p).st_ino == _ioctl.FIRST_FREE_OBJECTID:
+            if subvolume.is_root(os.lstat(p)):
                 found.append(p)
     return found
 
@@ -228,7 +228,7 @@ def walk_nested(root: str | os.PathLike[str]) -> list[str]:
 @pytest.fixture
 def non_btrfs_dir(tmp_path) -> Iterator[Path]:
     """A directory on a filesystem other than btrfs (tmpfs if need be)."""
-    if _ioctl.fs_magic(tmp_path) != _ioctl.SUPER_MAGIC:
+    if not subvolume.on_btrfs(tmp_path):
         yield tmp_path
         return
     if os.geteuid() != 0:

@@ -14,6 +14,7 @@ import pytest
 from tests_support import attached_images
 
 COMMANDS = ["create", "rm", "path", "exists", "status", "ls", "changes", "diff", "apply", "diff-size", "gc",
+            "send", "receive",
             "export-oci", "import-oci",
             "demo", "loopback", "quota", "run"]
 

@@ -1,5 +1,5 @@
 """Crash consistency: a worker process loops over create (with and without
-parent and size), apply_diff and remove, and is killed with SIGKILL at random
+parent and size), apply_diff, receive (of a full send of a layer) and remove, and is killed with SIGKILL at random
 moments.  After each kill a fresh Driver on the same home must see every layer
 id either absent or complete (its subvolume, its quota file and qgroup limit
 when it has a size, each diff applied whole or not at all, its parent); gc()
@@ -133,6 +133,7 @@ if point:
     import signal
     from btrfsx import _ioctl as _io, store as _store
     from btrfsx.archive import apply as _apply
+    from btrfsx import transport as _transport
 
     def die():
         os.kill(os.getpid(), signal.SIGKILL)
@@ -154,6 +155,10 @@ if point:
         current["entries"] = current.get("entries", 0) + 1
         return current["entries"] == 9  # past the directories: some files written, not all
 
+    def nth_write(*a):
+        current["writes"] = current.get("writes", 0) + 1
+        return current["writes"] == 2  # `btrfs receive` at work on the stream's first megabyte
+
     def the_mark(fd, data):  # the write of the marker file (or of the temporary file it is made from)
         return os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).startswith("applying")
 
@@ -168,6 +173,8 @@ if point:
         "apply_diff: midway through the tar": lambda: hook(_apply._Applier, "apply", ("apply",), when=nth_entry),
         "apply_diff: whole diff applied, not committed": lambda: hook(_store.Store, "commit_apply", ("apply",)),
         "apply_diff: committed, backup's lineage not dropped": lambda: hook(_store.Store, "forget_lineage", ("apply",)),
+        "receive: midway through the stream": lambda: hook(_transport._Relay, "write", ("receive",), when=nth_write),
+        "receive: twin in place, layer not published": lambda: hook(_store.Store, "publish", ("receive",)),
     }[point]()
 
 rng = _random.Random(seed)
@@ -180,20 +187,22 @@ for n in range(100000):
     roomy = [i for i in have if ndiffs(i) < MAX_DIFFS]
     choices = []
     if free:
-        choices += [("create", 2), ("snapshot", 3 if roomy else 0)]
+        choices += [("create", 2), ("snapshot", 3 if roomy else 0), ("receive", 2 if have else 0)]
     if roomy:
         choices.append(("apply", 5))
     if have:
         choices.append(("remove", 1 + 4 * (len(have) > len(IDS) // 2)))
     kinds, weights = zip(*[c for c in choices if c[1]])
     kind = rng.choices(kinds, weights)[0]
-    size = rng.choice(SIZES) if kind in ("create", "snapshot") and rng.random() < 0.5 else None
+    size = rng.choice(SIZES) if kind in ("create", "snapshot", "receive") and rng.random() < 0.5 else None
     opts = CreateOpts(storage_opt={"size": size}) if size else None
     rec = dict(ev="begin", n=n, kind=kind, size=size)
     if kind == "create":
         rec.update(id=rng.choice(free), parent=None)
     elif kind == "snapshot":
         rec.update(id=rng.choice(free), parent=rng.choice(roomy))
+    elif kind == "receive":  # a full send of a layer, received under a free id
+        rec.update(id=rng.choice(free), parent=None, source=rng.choice(have))
     elif kind == "apply":
         rec.update(id=rng.choice(roomy), tag=f"{seed}.{n}")
         data = tar_of(rec["tag"])  # made before the intent: only the apply is in flight
@@ -205,6 +214,10 @@ for n in range(100000):
     try:
         if kind in ("create", "snapshot"):
             d.create(rec["id"], rec["parent"], opts)
+            present.add(rec["id"])
+        elif kind == "receive":
+            with d.send(rec["source"]) as stream:
+                d.receive(rec["id"], stream, None, opts)
             present.add(rec["id"])
         elif kind == "apply":
             d.apply_diff(rec["id"], None, io.BytesIO(data))
@@ -316,6 +329,8 @@ def _describe(rec: dict | None) -> str:
         return f"create({rec['id']}{', size=' + rec['size'] if rec['size'] else ''})"
     if rec["kind"] == "snapshot":
         return f"create({rec['id']}, parent={rec['parent']}{', size=' + rec['size'] if rec['size'] else ''})"
+    if rec["kind"] == "receive":
+        return f"receive({rec['id']}, send of {rec['source']}{', size=' + rec['size'] if rec['size'] else ''})"
     if rec["kind"] == "apply":
         return f"apply_diff({rec['id']}, tag {rec['tag']}: {len(diff_files(rec['tag']))} files)"
     return f"remove({rec['id']})"
@@ -412,13 +427,14 @@ class Harness:
             exists = d.exists(lid)
             target = inflight if inflight and inflight["id"] == lid else None
             expect = model
-            if target and target["kind"] in ("create", "snapshot"):
+            if target and target["kind"] in ("create", "snapshot", "receive"):
                 seen["exists"] = exists
                 if exists:
                     parent = self.model.get(target["parent"]) if target["parent"] else None
+                    source = self.model.get(target["source"]) if target.get("source") else parent
                     expect = Layer(f"{self.round}.{target['n']}", target["parent"], parent and parent.uid,
                                    parse_storage_opt({"size": target["size"]}) if target["size"] else None,
-                                   parent.diffs if parent else ())
+                                   source.diffs if source else ())
             elif target and target["kind"] == "remove":
                 seen["exists"] = exists
                 if not exists:
@@ -507,6 +523,13 @@ class Harness:
             pid = name.split("-")[0]
             if content or pid != str(os.getpid()):
                 self.violate("staging leftover after gc", None, f"{staging / name}: {content}", key=name)
+        receiving = self.home / ".btrfsx" / "receiving"
+        for name in sorted(os.listdir(receiving)) if receiving.is_dir() else ():
+            self.violate("receive leftover after gc", None, f"{receiving / name} remains", key=name)
+        twins = self.home / ".btrfsx" / "twins"
+        for name in sorted(os.listdir(twins)) if twins.is_dir() else ():
+            if not (self.home / "subvolumes" / name).is_dir():
+                self.violate("twin of a gone layer after gc", name, f"{twins / name} remains", key=name)
         quotas = self.home / "quotas"
         if quotas.is_dir():
             layers = set(os.listdir(self.home / "subvolumes"))
@@ -578,7 +601,7 @@ class Harness:
         how = self.rng.random()
         early = how < 0.1            # during start-up (imports, Driver())
         aimed = how >= 0.55          # shortly after the intent record of an op of a chosen kind
-        target = (self.rng.randrange(2, 30), self.rng.choice(["create", "snapshot", "apply", "remove"]))
+        target = (self.rng.randrange(2, 30), self.rng.choice(["create", "snapshot", "apply", "remove", "receive"]))
         delay = (self.rng.uniform(0.002, 0.2) if not aimed
                  else self.rng.uniform(0, 0.03 if target[1] == "apply" else 0.004))
         killed = False
@@ -741,10 +764,11 @@ class Harness:
     def apply_op(self, op: dict) -> None:
         lid = op["id"]
         uid = f"{self.round}.{op['n']}"
-        if op["kind"] in ("create", "snapshot"):
+        if op["kind"] in ("create", "snapshot", "receive"):
             parent = self.model.get(op["parent"]) if op["parent"] else None
+            source = self.model.get(op["source"]) if op.get("source") else parent
             size = parse_storage_opt({"size": op["size"]}) if op["size"] else None
-            self.model[lid] = Layer(uid, op["parent"], parent and parent.uid, size, parent.diffs if parent else ())
+            self.model[lid] = Layer(uid, op["parent"], parent and parent.uid, size, source.diffs if source else ())
         elif op["kind"] == "apply":
             layer = self.model[lid]
             layer.diffs = layer.diffs + (op["tag"],)
@@ -754,7 +778,7 @@ class Harness:
     def resolve(self, d: Driver, op: dict, before: dict, after: dict) -> None:
         """Fold the in-flight op into the model as the store shows it after gc."""
         kind = _kind(op)
-        if op["kind"] in ("create", "snapshot", "remove"):
+        if op["kind"] in ("create", "snapshot", "receive", "remove"):
             if before.get("exists") != after.get("exists"):
                 self.violate("gc changed whether the in-flight op happened", op["id"],
                              f"{_describe(op)}: exists before gc {before.get('exists')}, after {after.get('exists')}")
@@ -887,6 +911,8 @@ POINTS = [
     "apply_diff: midway through the tar",
     "apply_diff: whole diff applied, not committed",
     "apply_diff: committed, backup's lineage not dropped",
+    "receive: midway through the stream",
+    "receive: twin in place, layer not published",
 ]
 
 

@@ -520,3 +520,146 @@ def test_same_id_from_many_threads_is_created_exactly_once(driver):
     for th in threads:
         th.join()
     assert sorted(results) == ["exists"] * 5 + ["ok"]
+
+
+# ---------------------------------------------------------------- listing a large store (#15)
+
+@pytest.mark.parametrize("options", [[], ["btrfsx.quota=simple"]], ids=["quotas-off", "simple-quotas"])
+def test_listing_every_layer_from_the_root_tree_answers_as_layer_by_layer(home, options):
+    """layer_infos() of every layer (as root: one pass over the root tree's
+    items, one over the quota tree) gives what asking layer by layer does,
+    and what opening every layer did: subvolumes of subvolumes/ only (not a
+    plain directory, a symlink, a subvolume nested in a layer or one
+    elsewhere on the filesystem), parents, usage, limits from qgroups or
+    quota files."""
+    with Driver(home, options) as d:
+        d.create("base")
+        with open(os.path.join(d.get("base"), "f"), "wb") as f:
+            f.write(b"x" * 10000)
+        d.create("child", "base")
+        d.create("grandchild", "child", CreateOpts(storage_opt={"size": "5M"}) if options else None)
+        d.create("other")
+        for where, name in ((d.get("child"), "nested"), (str(home.parent), "elsewhere")):
+            fd = os.open(where, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                _ioctl.create_subvolume(fd, name)
+            finally:
+                os.close(fd)
+        (home / "subvolumes" / "plain").mkdir()
+        (home / "subvolumes" / "link").symlink_to(d.get("base"))
+        (home / "quotas").mkdir(exist_ok=True)
+        (home / "quotas" / "other").write_text("4096")  # a quota file without a qgroup limit
+        d.remove("other")
+        d.create("other")
+        (home / "quotas" / "other").write_text("4096")
+        listed = d.layer_infos()
+        assert [i.id for i in listed] == ["base", "child", "grandchild", "other"]
+        assert listed == d.layer_infos(d.layers())  # the per-layer path (UUID tree)
+        assert {i.id: i.parent for i in listed} == {"base": None, "child": "base", "grandchild": "child",
+                                                      "other": None}
+        assert listed[3].limit == 4096
+        if options:
+            assert listed[2].limit == 5 << 20 and listed[0].referenced is not None
+        d._all_layer_infos = lambda: None  # the path of a kernel without UUIDs in root items: open every layer
+        assert d.layer_infos() == listed
+
+
+def _three_listings(d):
+    """layer_infos() three ways: the fast listing (root tree + quota tree),
+    the per-layer path (UUID tree, one layer at a time) and the listing that
+    opens every layer (as on a kernel whose root items carry no UUIDs)."""
+    fast = d.layer_infos()
+    per_layer = d.layer_infos(d.layers())
+    d._all_layer_infos = lambda: None
+    try:
+        opened = d.layer_infos()
+    finally:
+        del d._all_layer_infos
+    return fast, per_layer, opened
+
+
+@pytest.mark.parametrize("options", [[], ["btrfsx.quota=simple"], ["btrfsx.quota=qgroup"]],
+                         ids=["quotas-off", "simple-quotas", "qgroups"])
+def test_fast_listing_equals_the_slow_ones_with_lineage_and_foreign_layers(home, options):
+    """Sized and unsized layers, children and grandchildren, a layer another
+    program snapshotted into subvolumes/, and a layer swapped for its backup
+    by a failed apply_diff (its parent then comes from a lineage record, and
+    its children's through the UUID it replaced): the fast listing gives
+    exactly what the two slow paths give."""
+    import io
+
+    from btrfsx.errors import ArchiveError
+    sized = CreateOpts(storage_opt={"size": "7M"}) if options else None
+    with Driver(home, options) as d:
+        d.create("base", None, sized)
+        with open(os.path.join(d.get("base"), "f"), "wb") as f:
+            f.write(b"x" * 20000)
+        d.create("child", "base")
+        with open(os.path.join(d.get("child"), "g"), "wb") as f:
+            f.write(b"y" * 5000)
+        d.create("grandchild", "child", sized)
+        d.create("unsized")
+        fd = os.open(d.get("base"), os.O_RDONLY | os.O_DIRECTORY)
+        sfd = os.open(home / "subvolumes", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            _ioctl.snapshot(fd, sfd, "by-another-program")  # as `btrfs subvolume snapshot` would
+        finally:
+            os.close(fd)
+            os.close(sfd)
+        with pytest.raises(ArchiveError):
+            d.apply_diff("child", None, io.BytesIO(b"not a tarball" * 100))
+        assert os.listdir(home / ".btrfsx" / "lineage"), "the failed apply left no lineage record"
+        fast, per_layer, opened = _three_listings(d)
+        assert fast == per_layer == opened
+        assert {i.id: i.parent for i in fast} == {"base": None, "by-another-program": "base", "child": "base",
+                                                  "grandchild": "child", "unsized": None}
+        limits = {i.id: i.limit for i in fast}
+        # full qgroups copy a snapshot's parent's limit to it (Linux 6.18); simple quotas do not
+        inherited = 7 << 20 if options == ["btrfsx.quota=qgroup"] else None
+        assert limits == ({"base": 7 << 20, "by-another-program": inherited, "child": inherited,
+                           "grandchild": 7 << 20, "unsized": None} if options else dict.fromkeys(limits))
+        if options:
+            assert all(i.referenced is not None and i.exclusive is not None for i in fast)
+        else:
+            assert all(i.referenced is None and i.exclusive is None for i in fast)
+        # and layer by layer, parent() agrees with the listing
+        assert {i.id: d.parent(i.id) for i in fast} == {i.id: i.parent for i in fast}
+
+
+def test_fast_listing_reads_a_quota_file_where_quotas_are_off(home):
+    """A store whose quotas were turned off (by another program) keeps its
+    quota files: both listings give their sizes as the limits, and no usage."""
+    with Driver(home, ["btrfsx.quota=simple"]) as d:
+        d.create("a", None, CreateOpts(storage_opt={"size": "3M"}))
+        d.create("b", "a")
+        quota.disable(d._store.home_fd)
+    with Driver(home) as d:
+        fast, per_layer, opened = _three_listings(d)
+        assert fast == per_layer == opened
+        assert [(i.id, i.limit, i.referenced) for i in fast] == [("a", 3 << 20, None), ("b", None, None)]
+
+
+def test_gc_keeps_a_quota_file_whose_layer_appears_under_its_lock(driver, home):
+    """gc lists subvolumes/ once and checks again, under the id's lock, only
+    the quota files whose layer was not listed: a create holding the lock
+    (quota file written, layer not yet published) keeps its file; a file of
+    a layer that is gone (a remove that died after the destroy) goes, and
+    one whose layer is listed stays."""
+    driver.create("kept", None, CreateOpts(storage_opt={"size": "3M"}))
+    (home / "quotas" / "orphan").write_text("4096")
+    (home / "quotas" / "arriving").write_text("4096")
+    store = driver._store
+    result: list = []
+    with store.lock("arriving"):
+        worker = threading.Thread(target=lambda: result.append(driver.gc()))
+        worker.start()
+        worker.join(timeout=2)
+        assert worker.is_alive(), "gc did not wait for the id's lock"
+        (home / "subvolumes" / "arriving").mkdir()  # what the create publishes (any entry keeps the file)
+    worker.join(timeout=30)
+    assert not worker.is_alive()
+    assert [os.path.basename(p) for p in result[0].quota_files] == ["orphan"]
+    assert sorted(os.listdir(home / "quotas")) == ["arriving", "kept"]
+    (home / "subvolumes" / "arriving").rmdir()
+    assert [os.path.basename(p) for p in driver.gc().quota_files] == ["arriving"]
+    assert sorted(os.listdir(home / "quotas")) == ["kept"]

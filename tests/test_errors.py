@@ -5,12 +5,15 @@ stderr and exit status 1."""
 
 from __future__ import annotations
 
+import errno
 import gzip
 import io
 import os
+import struct
 import subprocess
 import sys
 import tarfile
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +21,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from btrfsx import ArchiveError, CreateOpts, Driver, MountOpts, OptionError
+from btrfsx import ArchiveError, CreateOpts, Driver, MountOpts, OptionError, _ioctl
 from btrfsx.cli import build_parser
 
 pytestmark = pytest.mark.btrfs
@@ -57,6 +60,39 @@ TARBALLS = {
 }
 
 
+# ---------------------------------------------------------------- send streams
+
+def _crc32c(data: bytes) -> int:
+    """The send stream's CRC: CRC-32C from 0, no final inversion."""
+    c = 0
+    for byte in data:
+        c ^= byte
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+    return c
+
+
+def _command(cmd: int, *attrs: tuple[int, bytes]) -> bytes:
+    body = b"".join(struct.pack("<HH", kind, len(value)) + value for kind, value in attrs)
+    crc = _crc32c(struct.pack("<IHI", len(body), cmd, 0) + body)
+    return struct.pack("<IHI", len(body), cmd, crc) + body
+
+
+_STREAM = b"btrfs-stream\0" + struct.pack("<I", 1)
+_SUBVOL = _command(1, (15, b"bad"), (1, uuid.uuid4().bytes), (2, struct.pack("<Q", 7)))      # SUBVOL path uuid ctransid
+_SNAPSHOT = _command(2, (15, b"bad"), (1, uuid.uuid4().bytes), (2, struct.pack("<Q", 9)),
+                     (20, uuid.uuid4().bytes), (21, struct.pack("<Q", 8)))   # against a subvolume no one here has
+_MKDIR = _command(4, (15, b"d"), (3, struct.pack("<Q", 257)))                                  # MKDIR path ino
+_END = _command(21)
+STREAMS = {
+    "whole": _STREAM + _SUBVOL + _MKDIR + _END,
+    "truncated": _STREAM + _SUBVOL + _MKDIR[:7],
+    "unknown command": _STREAM + _SUBVOL + _command(99) + _END,
+    "incremental": _STREAM + _SNAPSHOT + _END,
+    "not a stream": b"x" * 100,
+}
+
+
 # ---------------------------------------------------------------- the store before and after
 
 def fingerprint(home) -> list[tuple]:
@@ -88,6 +124,28 @@ def fingerprint(home) -> list[tuple]:
                     data = f.read()
             found.append((os.path.join(rel, name), st.st_mode, st.st_size if not os.path.isdir(path) else 0, data))
     return found
+
+
+def qgroups(home) -> set[int]:
+    """The level-0 qgroups of home's filesystem once deleted subvolumes are
+    dropped (the kernel removes a dropped subvolume's qgroup itself)."""
+    fd = os.open(home, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        _ioctl.sync(fd)
+        try:
+            _ioctl.subvolume_sync_wait(fd, 0, _ioctl.SUBVOL_SYNC_WAIT_FOR_QUEUED)
+        except OSError as e:
+            if e.errno not in (errno.ENOENT, errno.ENOTTY):
+                raise
+        _ioctl.sync(fd)
+        try:
+            return {item.offset for item in _ioctl.TreeSearch(
+                fd, _ioctl.QUOTA_TREE_OBJECTID, min_type=_ioctl.QGROUP_INFO_KEY, max_type=_ioctl.QGROUP_INFO_KEY)
+                if item.type == _ioctl.QGROUP_INFO_KEY and item.offset >> 48 == 0}
+        except FileNotFoundError:
+            return set()
+    finally:
+        os.close(fd)
 
 
 @pytest.fixture
@@ -127,6 +185,7 @@ class Case:
     options: tuple[str, ...] = ()
     read_only: bool = False
     marks: tuple = field(default_factory=tuple)
+    qgroups: bool = False   # makes subvolumes before it fails: no qgroup may be left either
 
 
 def sized(value: str, parent: str | None = None) -> Callable[[Driver], object]:
@@ -210,12 +269,57 @@ DRIVER_CASES.update({
 })
 
 
+def receive(stream: str, layer: str = "bad", parent: str | None = None,
+            opts: CreateOpts | None = None) -> Callable[[Driver], object]:
+    return lambda d: d.receive(layer, io.BytesIO(STREAMS[stream]), parent, opts)
+
+
+DRIVER_CASES.update({
+    "send a missing layer": Case(lambda d: d.send("nosuch"), FileNotFoundError, ("layer 'nosuch' does not exist",)),
+    "send a plain directory": Case(lambda d: d.send("plain"), OSError,
+                                   ("layer 'plain' is a plain directory, not a btrfs subvolume",)),
+    "send against a missing parent": Case(lambda d: d.send("child", "nosuch"), FileNotFoundError,
+                                          ("layer 'child': parent layer 'nosuch' does not exist",)),
+    "send with an unknown protocol": Case(lambda d: d.send("child", protocol=3), ValueError,
+                                          ("layer 'child': send protocol 3",)),
+    "send on a read-only home": Case(lambda d: d.send("child"), OSError,
+                                     ("layer 'child': cannot send it: Read-only file system",), read_only=True),
+    "receive into an existing layer": Case(receive("whole", "base"), FileExistsError,
+                                           ("layer 'base' already exists",)),
+    "receive an invalid id": Case(receive("whole", "a/b"), ValueError, ("invalid layer id 'a/b'",)),
+    "receive with an invalid size": Case(receive("whole", opts=CreateOpts(storage_opt={"size": "abc"})),
+                                         OptionError, ("layer 'bad': ", "invalid size: 'abc'")),
+    "receive against a missing parent": Case(receive("incremental", parent="nosuch"), FileNotFoundError,
+                                             ("layer 'bad' not received: parent layer 'nosuch' does not exist",)),
+    "receive an incremental stream without its parent": Case(
+        receive("incremental"), ArchiveError, ("layer 'bad' not received: the stream is incremental",)),
+    "receive an incremental stream against a parent not sent here": Case(
+        receive("incremental", parent="base"), ArchiveError,
+        ("layer 'bad' not received: ", "which parent layer 'base' was not received or sent as here")),
+    "receive a full stream against a parent": Case(receive("whole", parent="base"), ArchiveError,
+                                                   ("layer 'bad' not received: the stream is a full one",)),
+    "receive a truncated stream": Case(receive("truncated"), ArchiveError,
+                                       ("layer 'bad' not received: the send stream is truncated",), qgroups=True),
+    "receive a stream with an unknown command": Case(receive("unknown command"), ArchiveError,
+                                                     ("layer 'bad' not received: ", "unknown command 99"),
+                                                     qgroups=True),
+    "receive something that is not a stream": Case(receive("not a stream"), ArchiveError,
+                                                   ("layer 'bad' not received: not a btrfs send stream",)),
+    "receive a sized stream that is truncated": Case(
+        receive("truncated", opts=CreateOpts(storage_opt={"size": "200m"})), ArchiveError,
+        ("layer 'bad' not received: the send stream is truncated",), qgroups=True),
+    "receive on a read-only home": Case(receive("whole"), OSError,
+                                        ("layer 'bad': cannot receive it: Read-only file system",), read_only=True),
+})
+
+
 @pytest.mark.parametrize("name", sorted(DRIVER_CASES))
 def test_driver_errors_name_the_layer_and_leave_the_store_as_it_was(store, name):
     case = DRIVER_CASES[name]
     if case.read_only:
         make_read_only(store)
     before = fingerprint(store)
+    groups = qgroups(store) if case.qgroups else set()
     with Driver(store, options=list(case.options)) as d:
         with pytest.raises(case.error) as exc:
             case.call(d)
@@ -227,6 +331,8 @@ def test_driver_errors_name_the_layer_and_leave_the_store_as_it_was(store, name)
         assert exc.value.errno and exc.value.filename, repr(exc.value)
         assert ".btrfsx" not in str(exc.value.filename), exc.value.filename
     assert fingerprint(store) == before
+    if case.qgroups:
+        assert qgroups(store) == groups
     with Driver(store) as d:
         assert d.parent("child") == "base"  # a failed apply_diff keeps the layer's place in the lineage
 
@@ -248,6 +354,7 @@ class CliCase:
     stdin: bytes | None = None
     options: str = ""   # BTRFSX_OPTIONS, space-separated
     read_only: bool = False
+    qgroups: bool = False
 
 
 CLI_CASES: dict[str, CliCase] = {
@@ -299,6 +406,25 @@ CLI_CASES: dict[str, CliCase] = {
                                                ("template 'base': command not found: no-such-command-btrfsx",)),
     "export-oci with a bad tag": CliCase(("export-oci", "child", "/tmp/btrfsx-test-errors-oci", "--tag", "bad tag!"),
                                          ("'bad tag!'",)),
+    "send a missing layer": CliCase(("send", "nosuch", "-o", "/dev/null"), ("layer 'nosuch' does not exist",)),
+    "send against a missing parent": CliCase(("send", "child", "--parent", "nosuch", "-o", "/dev/null"),
+                                             ("layer 'child': parent layer 'nosuch' does not exist",)),
+    "send on a read-only home": CliCase(("send", "child", "-o", "/dev/null"),
+                                        ("layer 'child': cannot send it: Read-only file system",), read_only=True),
+    "receive into an existing layer": CliCase(("receive", "base", "-"), ("layer 'base' already exists",),
+                                              stdin=STREAMS["whole"]),
+    "receive a missing file": CliCase(("receive", "bad", "/nonexistent/layer.stream"), ("/nonexistent/layer.stream",)),
+    "receive against a missing parent": CliCase(("receive", "bad", "--parent", "nosuch", "-"),
+                                                ("layer 'bad' not received: parent layer 'nosuch' does not exist",),
+                                                stdin=STREAMS["incremental"]),
+    "receive an incremental stream against a parent not sent here": CliCase(
+        ("receive", "bad", "--parent", "base", "-"), ("layer 'bad' not received: ", "was not received or sent as here"),
+        stdin=STREAMS["incremental"]),
+    "receive a truncated stream": CliCase(("receive", "bad", "-"),
+                                          ("layer 'bad' not received: the send stream is truncated",),
+                                          stdin=STREAMS["truncated"], qgroups=True),
+    "receive with a bad size": CliCase(("receive", "bad", "--size", "abc", "-"),
+                                       ("layer 'bad': ", "invalid size: 'abc'"), stdin=STREAMS["whole"]),
 }
 
 
@@ -308,6 +434,7 @@ def test_cli_errors_are_one_line_naming_the_layer_with_exit_status_1(store, name
     if case.read_only:
         make_read_only(store)
     before = fingerprint(store)
+    groups = qgroups(store) if case.qgroups else set()
     proc = btrfsx(*case.argv, home=store, stdin=case.stdin,
                   env_extra={"BTRFSX_OPTIONS": case.options} if case.options else None)
     err = proc.stderr.decode()
@@ -318,6 +445,8 @@ def test_cli_errors_are_one_line_naming_the_layer_with_exit_status_1(store, name
         assert needle in err, f"{needle!r} not in {err!r}"
     assert "staging" not in err and ".btrfsx" not in err, err
     assert fingerprint(store) == before
+    if case.qgroups:
+        assert qgroups(store) == groups
     assert not list(Path(store, ".btrfsx", "templates").glob("*/record"))
     assert not os.path.exists("/tmp/btrfsx-test-errors-oci/index.json")
 

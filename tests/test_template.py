@@ -544,8 +544,8 @@ def test_removing_copies_wakes_the_cleaner_now_and_then(tpl, monkeypatch):
     commit slower; a BTRFS_IOC_SYNC every WAKE_CLEANER_EVERY removals wakes it."""
     tpl.ensure()
     synced = []
-    real_sync = template._ioctl.sync
-    monkeypatch.setattr(template._ioctl, "sync", lambda fd: (synced.append(fd), real_sync(fd)))
+    real_commit = template.subvolume.commit
+    monkeypatch.setattr(template.subvolume, "commit", lambda fd: (synced.append(fd), real_commit(fd)))
     for _ in range(2 * template.WAKE_CLEANER_EVERY):
         with tpl.copy():
             pass
