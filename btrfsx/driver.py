@@ -4,7 +4,6 @@ composed from the store, subvolume and quota modules."""
 from __future__ import annotations
 
 import errno
-import fcntl
 import logging
 import os
 import stat
@@ -13,13 +12,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO, NamedTuple
 
-from btrfsx import _ioctl, archive, quota, subvolume, transport
+from btrfsx import archive, mounts, quota, subvolume, transport
 from btrfsx._version import __version__
 from btrfsx.archive import Change
 from btrfsx.archive.native import NativeUnavailable, inodes_with_xattrs, native_changes
 from btrfsx.errors import ArchiveError, NativeChangesUnavailable, OptionError, PrerequisitesError
 from btrfsx.idmap import IDMap, root_pair
-from btrfsx.mounts import is_mountpoint
 from btrfsx.options import check_size, parse_driver_options, parse_storage_opt
 from btrfsx.quota import QuotaMode
 from btrfsx.store import GcReport, Store, check_layer_id
@@ -135,7 +133,7 @@ class Driver:
         self.gid_maps = list(gid_maps or ())
         self._root = root_pair(self.uid_maps, self.gid_maps)
         probe = _btrfs_ancestor(self.home)
-        if _ioctl.fs_magic(probe) != _ioctl.SUPER_MAGIC:
+        if not subvolume.on_btrfs(probe):
             raise PrerequisitesError(f"{self.home!r} is not on a btrfs filesystem"
                                      + (f" (nearest existing directory: {probe!r})" if probe != self.home else ""))
         _mkdir_all_as(self.home, 0o700, *self._root)
@@ -156,22 +154,12 @@ class Driver:
     def _make_private(self) -> bool:
         """Make home a private mount point (bind-mounting it on itself when it
         is not one), as mount.MakePrivate does; True when this bind-mounted it."""
-        bound = False
-        fd = os.open(self.home, _DIR_FLAGS)
         try:
-            # Drivers in several processes: without this lock two could both
-            # see no mount yet and stack two bind mounts.
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            if not is_mountpoint(self.home):
-                _ioctl.mount(self.home, self.home, None, _ioctl.MS_BIND)
-                bound = True
-            _ioctl.mount(None, self.home, None, _ioctl.MS_PRIVATE)
+            return mounts.make_private(self.home)
         except PermissionError as e:
             # Rootless: mounts need privileges the caller lacks; layers work without.
             log.warning("cannot make %s a private mount point: %s", self.home, e)
-        finally:
-            os.close(fd)
-        return bound
+            return False
 
     def _ensure_quota(self, known_off: bool = False) -> QuotaMode:
         """The quota mode in force, turning quotas on when they are off
@@ -210,7 +198,7 @@ class Driver:
             except FileNotFoundError:
                 continue  # removed meanwhile
             try:
-                _ioctl.qgroup_limit(fd, 0, max_referenced=size)
+                quota.set_limit(fd, size)
             except OSError as e:
                 log.warning("layer %r: cannot re-apply its size limit of %d bytes: %s", layer_id, size, e.strerror)
             finally:
@@ -222,7 +210,7 @@ class Driver:
         each time they are turned on again and the limit retried."""
         for attempt in range(_LIMIT_ATTEMPTS):
             try:
-                _ioctl.qgroup_limit(fd, 0, max_referenced=size)
+                quota.set_limit(fd, size)
                 return
             except OSError as e:
                 if e.errno not in (errno.ENOTCONN, errno.ENOENT) or attempt == _LIMIT_ATTEMPTS - 1:
@@ -232,7 +220,7 @@ class Driver:
             self._ensure_quota(known_off=not missing_qgroup)
             if missing_qgroup:
                 try:
-                    _ioctl.qgroup_create(fd, _ioctl.subvolume_id(fd))
+                    quota.create_qgroup(fd)
                 except FileExistsError:
                     pass
 
@@ -341,7 +329,7 @@ class Driver:
         try:
             pfd = self._open_parent(parent)
             try:
-                _ioctl.snapshot(pfd, store.subvolumes_fd, layer_id, max_referenced=size)
+                subvolume.snapshot(pfd, store.subvolumes_fd, layer_id, max_referenced=size)
             finally:
                 os.close(pfd)
         except BaseException as e:
@@ -386,7 +374,7 @@ class Driver:
                 self._check_layer(parent, "parent layer")  # says what is there instead, or that nothing is
             raise type(e)(e.errno, f"parent layer {parent!r}: cannot open it: {e.strerror}",
                           self._store.layer_path(parent)) from None
-        if os.fstat(fd).st_ino != _ioctl.FIRST_FREE_OBJECTID:
+        if not subvolume.is_root(os.fstat(fd)):
             os.close(fd)
             self._check_layer(parent, "parent layer")
         return fd
@@ -403,7 +391,7 @@ class Driver:
               mode: QuotaMode | None) -> bool:
         """The layer's subvolume, in staging; True when its size limit is still to be set."""
         if not parent:
-            _ioctl.create_subvolume(sfd, layer_id, max_referenced=size)
+            subvolume.create(sfd, layer_id, max_referenced=size)
             return False
         pfd = self._open_parent(parent)
         try:
@@ -411,7 +399,7 @@ class Driver:
             # copy the parent's limits over it (Linux 6.18), so there it is set
             # afterwards.
             inherit = size if mode is QuotaMode.SIMPLE else None
-            _ioctl.snapshot(pfd, sfd, layer_id, max_referenced=inherit)
+            subvolume.snapshot(pfd, sfd, layer_id, max_referenced=inherit)
         finally:
             os.close(pfd)
         return size is not None and inherit is None
@@ -439,7 +427,7 @@ class Driver:
     def _discard(self, dirfd: int, name: str) -> None:
         """Delete a layer that failed to publish, with or without the privilege to destroy it."""
         try:
-            _ioctl.destroy_subvolume(dirfd, name)
+            subvolume.destroy_empty(dirfd, name)
         except PermissionError:
             subvolume.remove_tree(os.path.join(os.readlink(f"/proc/self/fd/{dirfd}"), name))
 
@@ -480,7 +468,7 @@ class Driver:
                 # empty subvolume since Linux 4.18.
                 subvolume.remove_tree(path)
             except OSError as e:
-                if e.errno == errno.EINVAL and not _ioctl.is_subvolume(id, dir_fd=store.subvolumes_fd):
+                if e.errno == errno.EINVAL and not subvolume.is_subvolume(id, dir_fd=store.subvolumes_fd):
                     raise OSError(errno.EINVAL, f"layer {id!r} is not a btrfs subvolume", path) from None
                 raise self._naming(e, id, "remove it") from None
             if stripe is not None:
@@ -536,12 +524,12 @@ class Driver:
             mode = str(quota.mode(fd))
         except PermissionError:
             mode = None
-        info = _ioctl.fs_info(fd)
+        fsid = subvolume.filesystem_uuid(fd)
         return {
             "Driver": f"btrfsx {__version__}",
             "Kernel Version": os.uname().release,
             "Home": self.home,
-            "Filesystem UUID": str(info.fsid),
+            "Filesystem UUID": fsid,
             "Quota Mode": mode,
             "Min Space": self.options.min_space or None,
             "Default Size": self.options.default_size or None,
@@ -575,7 +563,7 @@ class Driver:
             raise OSError(errno.ELOOP, f"{what} {layer_id!r} is a symlink, not a btrfs subvolume", path)
         if not stat.S_ISDIR(st.st_mode):
             raise NotADirectoryError(errno.ENOTDIR, f"{what} {layer_id!r} is not a directory", path)
-        if st.st_ino != _ioctl.FIRST_FREE_OBJECTID:
+        if not subvolume.is_root(st):
             raise OSError(errno.EINVAL, f"{what} {layer_id!r} is a plain directory, not a btrfs subvolume", path)
 
     def changes(self, id: str, parent: str | None = None) -> list[Change]:
@@ -723,7 +711,7 @@ class Driver:
         if info is None:
             fd = os.open(layer_id, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=store.subvolumes_fd)
             try:
-                info = _ioctl.get_subvolume_info(fd)
+                info = subvolume.info(fd)
             finally:
                 os.close(fd)
         return _Lineage(store.lineage()).parent(str(info.uuid), str(info.parent_uuid or ""), store.layer_by_uuid)
@@ -758,7 +746,7 @@ class Driver:
             except OSError:
                 continue
             try:
-                info = _ioctl.get_subvolume_info(fd)
+                info = subvolume.info(fd)
             except OSError:
                 continue  # not a subvolume
             finally:
@@ -798,7 +786,7 @@ class Driver:
             sub = subvols[layer]
             info = usage.get(sub.id)
             lim = limits.get(sub.id)
-            limit = lim.max_referenced if lim is not None and lim.flags & _ioctl.QGROUP_LIMIT_MAX_RFER else None
+            limit = quota.referenced_limit(lim)
             if limit is None and layer in quota_files:
                 limit = store.read_quota(layer)
             out.append(LayerInfo(layer, lineage.parent(sub.uuid, sub.parent_uuid, by_uuid.get), sub.uuid,
@@ -811,12 +799,7 @@ class Driver:
         store = self._store
         referenced = exclusive = limit = None
         if quotas:
-            usage = _ioctl.qgroup_usage(store.home_fd, subvolid)
-            if usage is not None:
-                referenced, exclusive = usage.referenced, usage.exclusive
-            limits = _ioctl.qgroup_limits(store.home_fd, subvolid)
-            if limits is not None and limits.flags & _ioctl.QGROUP_LIMIT_MAX_RFER:
-                limit = limits.max_referenced
+            referenced, exclusive, limit = quota.usage(store.home_fd, subvolid)
         if limit is None:
             limit = store.read_quota(layer)
         return referenced, exclusive, limit
@@ -831,7 +814,7 @@ class Driver:
         except OSError:
             return None
         try:
-            info = _ioctl.get_subvolume_info(fd)
+            info = subvolume.info(fd)
         except OSError:
             return None
         finally:
@@ -898,12 +881,8 @@ class Driver:
         """The same as :meth:`cleanup`."""
         self._store.close()  # a no-op the second time
         if self._bind_mounted:
-            try:
-                # lazily: other drivers (processes) may still work below it
-                _ioctl.umount(self.home, _ioctl.MNT_DETACH)
-            except OSError as e:
-                if e.errno != errno.EINVAL:
-                    raise
+            # lazily: other drivers (processes) may still work below it
+            if not mounts.detach(self.home):
                 log.info("%s was no longer mounted", self.home)
             self._bind_mounted = False
 

@@ -135,3 +135,30 @@ def remove_stale_qgroups(fd: int) -> list[int]:
             if e.errno not in (errno.EBUSY, errno.ENOENT):
                 raise
     return removed
+
+
+def set_limit(fd: int, size: int) -> None:
+    """Limit the subvolume ``fd`` is in to ``size`` referenced bytes (its own qgroup)."""
+    _ioctl.qgroup_limit(fd, 0, max_referenced=size)
+
+
+def create_qgroup(fd: int) -> None:
+    """The level-0 qgroup of the subvolume ``fd`` is in (FileExistsError when there is one)."""
+    _ioctl.qgroup_create(fd, _ioctl.subvolume_id(fd))
+
+
+def referenced_limit(limits: _ioctl.QgroupLimit | None) -> int | None:
+    """The referenced-bytes limit a QGROUP_LIMIT item sets, or None."""
+    if limits is not None and limits.flags & _ioctl.QGROUP_LIMIT_MAX_RFER:
+        return limits.max_referenced
+    return None
+
+
+def usage(fd: int, subvolid: int) -> tuple[int | None, int | None, int | None]:
+    """(referenced, exclusive, limit) bytes of subvolume ``subvolid``'s
+    qgroup, each None where the quota tree has none."""
+    info = _ioctl.qgroup_usage(fd, subvolid)
+    limit = referenced_limit(_ioctl.qgroup_limits(fd, subvolid))
+    if info is None:
+        return None, None, limit
+    return info.referenced, info.exclusive, limit

@@ -45,6 +45,12 @@ def snapshot(src_fd: int, dst_dirfd: int, name: str | bytes, *, readonly: bool =
     _ioctl.snapshot(src_fd, dst_dirfd, name, readonly=readonly, max_referenced=max_referenced)
 
 
+def destroy_empty(dirfd: int, name: str | bytes) -> None:
+    """Destroy subvolume ``name`` of ``dirfd``, which holds no nested one
+    (ENOTEMPTY otherwise): one SNAP_DESTROY."""
+    _ioctl.destroy_subvolume(dirfd, name)
+
+
 def info(fd: int) -> SubvolumeInfo:
     """What btrfs records of the subvolume ``fd`` is in (GET_SUBVOL_INFO)."""
     return _ioctl.get_subvolume_info(fd)

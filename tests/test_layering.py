@@ -58,8 +58,7 @@ KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {}
 IOCTL_USERS = {"btrfsx.subvolume", "btrfsx.quota", "btrfsx.store", "btrfsx.mounts", "btrfsx.transport",
                "btrfsx.archive.apply", "btrfsx.archive.native", "btrfsx.archive.changes", "btrfsx.archive.export"}
 #: Modules that still use it, and why: what is left to move.
-IOCTL_EXCEPTIONS = {"btrfsx.driver": "about 20 calls (create, snapshot, limits, usage, mounts) not yet routed "
-                                     "through subvolume, quota and mounts (#16)"}
+IOCTL_EXCEPTIONS: dict[str, str] = {}
 
 #: Modules the command may import as a whole (see the module docstring).
 PUBLIC_MODULES = {"btrfsx.loopback", "btrfsx.oci", "btrfsx.units", "btrfsx.testing", "btrfsx.template",
