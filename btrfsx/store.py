@@ -50,6 +50,7 @@ from contextlib import contextmanager
 from typing import NamedTuple
 
 from btrfsx import _ioctl, quota, subvolume
+from btrfsx._fd import DIR_FLAGS, DIR_NOFOLLOW, open_dir, try_lock
 from btrfsx._proc import pid_alive  # store.pid_alive: kept importable from here
 
 SUBVOLUMES = "subvolumes"
@@ -59,8 +60,8 @@ OCI_MARKERS = os.path.join(STATE, "oci")
 LOCK_STRIPES = 64
 BACKUP = "backup"
 APPLYING = "applying"
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-_DIR_NOFOLLOW = _DIR_FLAGS | os.O_NOFOLLOW
+_DIR_FLAGS = DIR_FLAGS
+_DIR_NOFOLLOW = DIR_NOFOLLOW
 _staging_counter = itertools.count()
 
 
@@ -541,9 +542,7 @@ class Store:
             except (FileNotFoundError, NotADirectoryError, OSError):
                 continue
             try:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
+                if not try_lock(fd):
                     continue  # its owner lives
                 yield name, fd, os.path.join(self.staging_path, name)
             finally:
@@ -630,9 +629,7 @@ class Store:
             except OSError:
                 continue  # gone meanwhile, or not a marker file
             try:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
+                if not try_lock(fd):
                     continue  # an import is at work on it
                 if self._layer_uuid(name) is None or read_marker(fd).get("uuid") != self._layer_uuid(name):
                     os.unlink(path)
@@ -645,11 +642,8 @@ class Store:
         """The subvolume UUID of layer ``name``, or None when it is not a layer."""
         if not self.is_layer(name):
             return None
-        fd = os.open(name, _DIR_NOFOLLOW, dir_fd=self.subvolumes_fd)
-        try:
+        with open_dir(name, self.subvolumes_fd) as fd:
             return str(_ioctl.get_subvolume_info(fd).uuid)
-        finally:
-            os.close(fd)
 
     def _prune_lineage(self) -> None:
         """Drop lineage records of subvolumes that no longer exist (a layer
