@@ -5,7 +5,6 @@ stderr and exit status 1."""
 
 from __future__ import annotations
 
-import errno
 import gzip
 import io
 import os
@@ -23,6 +22,7 @@ import zstandard
 
 from btrfsx import ArchiveError, CreateOpts, Driver, MountOpts, OptionError, _ioctl
 from btrfsx.cli import build_parser
+from tests_support import drop_deleted_subvolumes
 
 pytestmark = pytest.mark.btrfs
 
@@ -131,13 +131,7 @@ def qgroups(home) -> set[int]:
     dropped (the kernel removes a dropped subvolume's qgroup itself)."""
     fd = os.open(home, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        _ioctl.sync(fd)
-        try:
-            _ioctl.subvolume_sync_wait(fd, 0, _ioctl.SUBVOL_SYNC_WAIT_FOR_QUEUED)
-        except OSError as e:
-            if e.errno not in (errno.ENOENT, errno.ENOTTY):
-                raise
-        _ioctl.sync(fd)
+        drop_deleted_subvolumes(fd)
         try:
             return {item.offset for item in _ioctl.TreeSearch(
                 fd, _ioctl.QUOTA_TREE_OBJECTID, min_type=_ioctl.QGROUP_INFO_KEY, max_type=_ioctl.QGROUP_INFO_KEY)

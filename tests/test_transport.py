@@ -4,7 +4,6 @@ nothing behind."""
 
 from __future__ import annotations
 
-import errno
 import io
 import json
 import os
@@ -18,7 +17,7 @@ import pytest
 
 from btrfsx import ArchiveError, CreateOpts, Driver, _ioctl, transport
 from btrfsx.loopback import Loopback
-from tests_support import assert_same_tree, limit_of, make_chain
+from tests_support import assert_same_tree, drop_deleted_subvolumes, limit_of, make_chain
 
 pytestmark = pytest.mark.btrfs
 
@@ -106,13 +105,7 @@ def untlv(attrs) -> bytes:
 def qgroups_of_gone_subvolumes(home) -> list[int]:
     fd = os.open(home, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        _ioctl.sync(fd)
-        try:
-            _ioctl.subvolume_sync_wait(fd, 0, _ioctl.SUBVOL_SYNC_WAIT_FOR_QUEUED)
-        except OSError as e:
-            if e.errno not in (errno.ENOENT, errno.ENOTTY):
-                raise
-        _ioctl.sync(fd)
+        drop_deleted_subvolumes(fd)
         live = {item.objectid for item in _ioctl.TreeSearch(
             fd, _ioctl.ROOT_TREE_OBJECTID, min_objectid=_ioctl.FIRST_FREE_OBJECTID,
             max_objectid=_ioctl.LAST_FREE_OBJECTID, min_type=_ioctl.ROOT_ITEM_KEY, max_type=_ioctl.ROOT_ITEM_KEY)

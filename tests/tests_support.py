@@ -1,5 +1,6 @@
 """Helpers shared by the test modules."""
 
+import errno
 import hashlib
 import io
 import os
@@ -215,3 +216,15 @@ def need(*tools: str) -> None:
         if os.environ.get("CI"):
             pytest.fail(f"required in CI: {reason}", pytrace=False)
         pytest.skip(reason)
+
+
+def drop_deleted_subvolumes(fd: int) -> None:
+    """Commit, wait until the cleaner has dropped every deleted subvolume of
+    ``fd``'s filesystem (the kernel removes their qgroups then), commit again."""
+    _ioctl.sync(fd)
+    try:
+        _ioctl.subvolume_sync_wait(fd, 0, _ioctl.SUBVOL_SYNC_WAIT_FOR_QUEUED)
+    except OSError as e:
+        if e.errno not in (errno.ENOENT, errno.ENOTTY):
+            raise
+    _ioctl.sync(fd)
