@@ -15,7 +15,8 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["DIR_FLAGS", "DIR_NOFOLLOW", "open_dir", "locked", "try_lock"]
+__all__ = ["DIR_FLAGS", "DIR_NOFOLLOW", "open_dir", "open_file", "read_file", "write_file_atomic",
+           "locked", "try_lock"]
 
 #: A directory, read-only, not inherited by children.
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
@@ -33,6 +34,47 @@ def open_dir(path: str | bytes | os.PathLike, dir_fd: int | None = None, *, foll
         yield fd
     finally:
         os.close(fd)
+
+
+@contextmanager
+def open_file(path: str | bytes | os.PathLike, flags: int = os.O_RDONLY, mode: int = 0o600,
+              dir_fd: int | None = None, *, follow: bool = False) -> Iterator[int]:
+    """An fd of file ``path`` opened with ``flags`` (``O_CLOEXEC`` added, and
+    ``O_NOFOLLOW`` unless ``follow``), closed when the block ends."""
+    flags |= os.O_CLOEXEC if follow else os.O_CLOEXEC | os.O_NOFOLLOW
+    fd = os.open(path, flags, mode, dir_fd=dir_fd)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def read_file(path: str | bytes | os.PathLike, dir_fd: int | None = None, limit: int = 1 << 20) -> bytes | None:
+    """The first ``limit`` bytes of a small record file (never through a
+    symlink); None when it does not exist."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    try:
+        data = b""
+        while len(data) < limit and (chunk := os.read(fd, limit - len(data))):
+            data += chunk
+        return data
+    finally:
+        os.close(fd)
+
+
+def write_file_atomic(name: str, data: bytes, dir_fd: int, mode: int = 0o600, tmp: str | None = None) -> None:
+    """Replace ``name`` in directory ``dir_fd`` with ``data``, whole or not at
+    all: written to ``tmp`` (default ``NAME.tmp``) and renamed over it, so a
+    reader or a crash never sees a torn record."""
+    tmp = tmp or name + ".tmp"
+    with open_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode, dir_fd) as fd:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
 
 
 @contextmanager

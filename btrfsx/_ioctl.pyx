@@ -753,6 +753,24 @@ cdef enum:
     SEARCH_ONE_BUF = 4096
 
 
+cdef inline void _key_range(btrfs_ioctl_search_args_v2 *args, size_t buf_size, uint64_t tree_id,
+                            uint64_t objectid, uint32_t type, uint64_t min_offset, uint64_t max_offset,
+                            uint32_t nr_items) noexcept nogil:
+    """Reset ``args`` for a TREE_SEARCH_V2 of the items of one (objectid,
+    type) whose offsets are in ``[min_offset, max_offset]``, any transid."""
+    memset(args, 0, sizeof(btrfs_ioctl_search_args_v2))
+    args.key.tree_id = tree_id
+    args.key.min_objectid = objectid
+    args.key.max_objectid = objectid
+    args.key.min_type = type
+    args.key.max_type = type
+    args.key.min_offset = min_offset
+    args.key.max_offset = max_offset
+    args.key.max_transid = U64_MAX
+    args.key.nr_items = nr_items
+    args.buf_size = buf_size
+
+
 cdef object _search_one(int fd, uint64_t tree_id, uint64_t objectid, uint32_t type, uint64_t offset):
     """The data of the item with exactly this key, or None.
 
@@ -770,17 +788,7 @@ cdef object _search_one(int fd, uint64_t tree_id, uint64_t objectid, uint32_t ty
         raise MemoryError()
     try:
         while True:
-            memset(args, 0, sizeof(btrfs_ioctl_search_args_v2))
-            args.key.tree_id = tree_id
-            args.key.min_objectid = objectid
-            args.key.max_objectid = objectid
-            args.key.min_type = type
-            args.key.max_type = type
-            args.key.min_offset = offset
-            args.key.max_offset = offset
-            args.key.max_transid = U64_MAX
-            args.key.nr_items = 1
-            args.buf_size = need
+            _key_range(args, need, tree_id, objectid, type, offset, offset, 1)
             with nogil:
                 ret = _ioctl(fd, BTRFS_IOC_TREE_SEARCH_V2, args)
             if ret == -EOVERFLOW and args.buf_size > need:
@@ -816,17 +824,8 @@ cdef int _root_refs(int fd, uint64_t subvolid, btrfs_ioctl_search_args_v2 *args,
     cdef size_t pos
     cdef int ret
     while True:
-        memset(args, 0, sizeof(btrfs_ioctl_search_args_v2))
-        args.key.tree_id = BTRFS_ROOT_TREE_OBJECTID
-        args.key.min_objectid = subvolid
-        args.key.max_objectid = subvolid
-        args.key.min_type = BTRFS_ROOT_REF_KEY
-        args.key.max_type = BTRFS_ROOT_REF_KEY
-        args.key.min_offset = min_offset
-        args.key.max_offset = U64_MAX
-        args.key.max_transid = U64_MAX
-        args.key.nr_items = 0xFFFFFFFF
-        args.buf_size = ROOT_REF_BUF
+        _key_range(args, ROOT_REF_BUF, BTRFS_ROOT_TREE_OBJECTID, subvolid, BTRFS_ROOT_REF_KEY, min_offset,
+                   U64_MAX, 0xFFFFFFFF)
         with nogil:
             ret = _ioctl(fd, BTRFS_IOC_TREE_SEARCH_V2, args)
         if ret < 0:

@@ -8,11 +8,13 @@ import logging
 import os
 import stat
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import BinaryIO, NamedTuple
 
 from btrfsx import archive, mounts, quota, subvolume, transport
+from btrfsx._fd import open_dir
 from btrfsx._version import __version__
 from btrfsx.archive import Change
 from btrfsx.archive.native import NativeUnavailable, inodes_with_xattrs, native_changes
@@ -24,7 +26,6 @@ from btrfsx.store import GcReport, Store, check_layer_id
 
 log = logging.getLogger("btrfsx.driver")
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
 def _privileged() -> bool:
@@ -194,15 +195,14 @@ class Driver:
                     if mode is QuotaMode.SIMPLE else "")
         for layer_id, size in sized.items():
             try:
-                fd = os.open(layer_id, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=self._store.subvolumes_fd)
+                with self._store.open_layer(layer_id) as fd:
+                    try:
+                        quota.set_limit(fd, size)
+                    except OSError as e:
+                        log.warning("layer %r: cannot re-apply its size limit of %d bytes: %s", layer_id, size,
+                                    e.strerror)
             except FileNotFoundError:
                 continue  # removed meanwhile
-            try:
-                quota.set_limit(fd, size)
-            except OSError as e:
-                log.warning("layer %r: cannot re-apply its size limit of %d bytes: %s", layer_id, size, e.strerror)
-            finally:
-                os.close(fd)
 
     def _limit(self, fd: int, layer_id: str, size: int) -> None:
         """QGROUP_LIMIT of the layer open at ``fd``, surviving quotas turned
@@ -327,11 +327,8 @@ class Driver:
         elif quota_files:
             store.remove_quota(layer_id)  # a stale one from an interrupted remove
         try:
-            pfd = self._open_parent(parent)
-            try:
+            with self._open_parent(parent) as pfd:
                 subvolume.snapshot(pfd, store.subvolumes_fd, layer_id, max_referenced=size)
-            finally:
-                os.close(pfd)
         except BaseException as e:
             if size is not None:
                 store.remove_quota(layer_id)
@@ -366,18 +363,21 @@ class Driver:
         if not parent and not _privileged():
             os.chmod(layer_id, 0o555, dir_fd=store.subvolumes_fd)
 
-    def _open_parent(self, parent: str) -> int:
-        try:
-            fd = os.open(parent, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=self._store.subvolumes_fd)
-        except OSError as e:
-            if e.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENOENT):
-                self._check_layer(parent, "parent layer")  # says what is there instead, or that nothing is
-            raise type(e)(e.errno, f"parent layer {parent!r}: cannot open it: {e.strerror}",
-                          self._store.layer_path(parent)) from None
-        if not subvolume.is_root(os.fstat(fd)):
-            os.close(fd)
-            self._check_layer(parent, "parent layer")
-        return fd
+    @contextmanager
+    def _open_parent(self, parent: str) -> Iterator[int]:
+        """The parent layer's fd for the block; an error naming it when it is
+        missing or not a layer."""
+        with ExitStack() as opened:
+            try:
+                fd = opened.enter_context(self._store.open_layer(parent))
+            except OSError as e:
+                if e.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENOENT):
+                    self._check_layer(parent, "parent layer")  # says what is there instead, or that nothing is
+                raise type(e)(e.errno, f"parent layer {parent!r}: cannot open it: {e.strerror}",
+                              self._store.layer_path(parent)) from None
+            if not subvolume.is_root(os.fstat(fd)):
+                self._check_layer(parent, "parent layer")
+            yield fd
 
     def _check_free(self, layer_id: str) -> None:
         try:
@@ -393,15 +393,12 @@ class Driver:
         if not parent:
             subvolume.create(sfd, layer_id, max_referenced=size)
             return False
-        pfd = self._open_parent(parent)
-        try:
+        with self._open_parent(parent) as pfd:
             # Simple quotas apply a limit passed with the snapshot; full qgroups
             # copy the parent's limits over it (Linux 6.18), so there it is set
             # afterwards.
             inherit = size if mode is QuotaMode.SIMPLE else None
             subvolume.snapshot(pfd, sfd, layer_id, max_referenced=inherit)
-        finally:
-            os.close(pfd)
         return size is not None and inherit is None
 
     def _prepare(self, sfd: int, layer_id: str, parent: str | None, limit: int | None,
@@ -414,11 +411,8 @@ class Driver:
         if not parent and _privileged():
             os.chmod(layer_id, 0o555, dir_fd=sfd)
         if limit is not None:
-            lfd = os.open(layer_id, _DIR_FLAGS, dir_fd=sfd)
-            try:
+            with open_dir(layer_id, sfd) as lfd:
                 self._limit(lfd, layer_id, limit)
-            finally:
-                os.close(lfd)
         if self._root != (0, 0):
             os.chown(layer_id, *self._root, dir_fd=sfd, follow_symlinks=False)
         if label:
@@ -432,14 +426,12 @@ class Driver:
             subvolume.remove_tree(os.path.join(os.readlink(f"/proc/self/fd/{dirfd}"), name))
 
     def _relabel(self, dirfd: int, layer_id: str, label: str) -> None:
-        fd = os.open(layer_id, _DIR_FLAGS, dir_fd=dirfd)
-        try:
-            os.setxattr(fd, _SELINUX_XATTR, label.encode() + b"\0")
-        except OSError as e:
-            raise OSError(e.errno, f"cannot set SELinux label {label!r} on layer {layer_id!r}: {e.strerror}",
-                          self._store.layer_path(layer_id)) from None
-        finally:
-            os.close(fd)
+        with open_dir(layer_id, dirfd) as fd:
+            try:
+                os.setxattr(fd, _SELINUX_XATTR, label.encode() + b"\0")
+            except OSError as e:
+                raise OSError(e.errno, f"cannot set SELinux label {label!r} on layer {layer_id!r}: {e.strerror}",
+                              self._store.layer_path(layer_id)) from None
 
     def remove(self, id: str) -> None:
         """Delete layer ``id``, every subvolume nested in it, and its quota file.
@@ -494,11 +486,8 @@ class Driver:
             if self._quota_mode is None or self._quota_mode is QuotaMode.OFF:
                 self._ensure_quota()
             # quotas turned off since are found by the limit's ENOTCONN
-            fd = os.open(id, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=store.subvolumes_fd)
-            try:
+            with store.open_layer(id) as fd:
                 self._limit(fd, id, size)
-            finally:
-                os.close(fd)
         return path
 
     def put(self, id: str) -> None:
@@ -709,11 +698,8 @@ class Driver:
         each).  ``info``: the layer's SubvolumeInfo, when the caller has it."""
         store = self._store
         if info is None:
-            fd = os.open(layer_id, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=store.subvolumes_fd)
-            try:
+            with store.open_layer(layer_id) as fd:
                 info = subvolume.info(fd)
-            finally:
-                os.close(fd)
         return _Lineage(store.lineage()).parent(str(info.uuid), str(info.parent_uuid or ""), store.layer_by_uuid)
 
     def layer_infos(self, ids: Iterable[str] | None = None) -> list[LayerInfo]:
@@ -742,15 +728,10 @@ class Driver:
             if not store.is_layer(layer):
                 continue  # a plain directory would give the subvolume holding it
             try:
-                fd = os.open(layer, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=store.subvolumes_fd)
+                with store.open_layer(layer) as fd:
+                    info = subvolume.info(fd)
             except OSError:
-                continue
-            try:
-                info = subvolume.info(fd)
-            except OSError:
-                continue  # not a subvolume
-            finally:
-                os.close(fd)
+                continue  # gone meanwhile, or not a subvolume
             subvols[layer] = (info.id, str(info.uuid), str(info.parent_uuid or ""), info.otime)
         lineage = _Lineage(store.lineage())
         by_uuid = {uuid: layer for layer, (_, uuid, _, _) in subvols.items()}
@@ -810,15 +791,10 @@ class Driver:
         if not self._store.is_layer(layer):
             return None  # GET_SUBVOL_INFO on a plain directory describes the subvolume holding it
         try:
-            fd = os.open(layer, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=self._store.subvolumes_fd)
+            with self._store.open_layer(layer) as fd:
+                info = subvolume.info(fd)
         except OSError:
-            return None
-        try:
-            info = subvolume.info(fd)
-        except OSError:
-            return None
-        finally:
-            os.close(fd)
+            return None  # gone meanwhile, or not a subvolume
         return LayerInfo(layer, self._parent_by_uuid(layer, info), str(info.uuid), info.otime,
                          *self._usage(layer, info.id, self._quota_on()))
 

@@ -46,11 +46,11 @@ import threading
 import uuid as _uuid
 import zlib
 from collections.abc import Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import NamedTuple
 
 from btrfsx import _ioctl, quota, subvolume
-from btrfsx._fd import DIR_FLAGS, DIR_NOFOLLOW, open_dir, try_lock
+from btrfsx._fd import DIR_FLAGS, DIR_NOFOLLOW, open_dir, open_file, read_file, try_lock, write_file_atomic
 from btrfsx._proc import pid_alive  # store.pid_alive: kept importable from here
 
 SUBVOLUMES = "subvolumes"
@@ -60,8 +60,6 @@ OCI_MARKERS = os.path.join(STATE, "oci")
 LOCK_STRIPES = 64
 BACKUP = "backup"
 APPLYING = "applying"
-_DIR_FLAGS = DIR_FLAGS
-_DIR_NOFOLLOW = DIR_NOFOLLOW
 _staging_counter = itertools.count()
 
 
@@ -70,11 +68,8 @@ def _listdir(dirfd: int) -> list[str]:
     fixes a directory fd's readdir end at open time and refreshes it only on
     a rewind (seen on Linux 6.18), so listing a long-lived fd misses entries
     added since."""
-    fd = os.open(".", _DIR_FLAGS, dir_fd=dirfd)
-    try:
+    with open_dir(".", dirfd) as fd:
         return os.listdir(fd)
-    finally:
-        os.close(fd)
 
 
 def check_layer_id(layer_id: str) -> str:
@@ -148,10 +143,15 @@ class Store:
         locks = os.path.join(state, "locks")
         _mkdir(locks, 0o700, None)
         self.lineage_path = os.path.join(state, "lineage")
-        self.home_fd = os.open(home, _DIR_FLAGS)
-        self.subvolumes_fd = os.open(SUBVOLUMES, _DIR_NOFOLLOW, dir_fd=self.home_fd)
-        self.staging_root_fd = os.open(self.staging_path, _DIR_NOFOLLOW)
-        self._locks_fd = os.open(locks, _DIR_NOFOLLOW)
+        with ExitStack() as opened:  # closed again if one of them cannot be opened
+            def keep(fd: int) -> int:
+                opened.callback(os.close, fd)
+                return fd
+            self.home_fd = keep(os.open(home, DIR_FLAGS))
+            self.subvolumes_fd = keep(os.open(SUBVOLUMES, DIR_NOFOLLOW, dir_fd=self.home_fd))
+            self.staging_root_fd = keep(os.open(self.staging_path, DIR_NOFOLLOW))
+            self._locks_fd = keep(os.open(locks, DIR_NOFOLLOW))
+            opened.pop_all()
         self._quotas_fd: int | None = None
         self._subvolumes_key: tuple[int, int] | None = None  # (tree id, inode) of subvolumes/
         self._stripe_fds: list[int | None] = [None] * LOCK_STRIPES
@@ -218,7 +218,7 @@ class Store:
         # in one process must not pick the same directory
         name = f"{os.getpid()}-{next(_staging_counter)}"
         os.mkdir(name, 0o700, dir_fd=self.staging_root_fd)
-        fd = os.open(name, _DIR_FLAGS, dir_fd=self.staging_root_fd)
+        fd = os.open(name, DIR_FLAGS, dir_fd=self.staging_root_fd)
         fcntl.flock(fd, fcntl.LOCK_EX)  # held until close: gc leaves live directories alone
         with self._staging_lock:
             self._staging.append((name, fd))
@@ -249,6 +249,11 @@ class Store:
         """Paths of the entries of ``subvolumes/`` that are not subvolumes, sorted."""
         return [self.layer_path(name) for name in sorted(_listdir(self.subvolumes_fd)) if not self.is_layer(name)]
 
+    def open_layer(self, layer_id: str) -> AbstractContextManager[int]:
+        """``subvolumes/ID`` opened for the block (never through a symlink:
+        ELOOP), as a context manager yielding its fd."""
+        return open_dir(layer_id, self.subvolumes_fd)
+
     def layer_path(self, layer_id: str) -> str:
         return os.path.join(self.subvolumes_path, layer_id)
 
@@ -261,7 +266,7 @@ class Store:
             if create:
                 _mkdir(self.quotas_path, 0o700, self.owner)
             try:
-                fd = os.open(QUOTAS, _DIR_NOFOLLOW, dir_fd=self.home_fd)
+                fd = os.open(QUOTAS, DIR_NOFOLLOW, dir_fd=self.home_fd)
             except FileNotFoundError:
                 return None
             with self._staging_lock:
@@ -279,28 +284,17 @@ class Store:
         qfd = self.quotas_fd()
         if qfd is None:
             return None
-        try:
-            fd = os.open(layer_id, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=qfd)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        try:
-            text = os.read(fd, 64)
-        finally:
-            os.close(fd)
+        text = read_file(layer_id, qfd, limit=64)
         # strconv.ParseUint in the original: digits only
-        return int(text) if text.isdigit() else None
+        return int(text) if text is not None and text.isdigit() else None
 
     def write_quota(self, layer_id: str, size: int) -> None:
         """Write ``quotas/ID`` atomically (a temporary file renamed over it)."""
         qfd = self.quotas_fd(create=True)
-        tmp = f".quota-{os.getpid()}-{threading.get_ident()}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
-                     dir_fd=qfd)
-        try:
-            os.write(fd, str(size).encode())
-        finally:
-            os.close(fd)
-        os.rename(tmp, layer_id, src_dir_fd=qfd, dst_dir_fd=qfd)
+        assert qfd is not None  # made above
+        # named for its writer, so that gc can take one a dead process left
+        write_file_atomic(layer_id, str(size).encode(), qfd, 0o644,
+                          tmp=f".quota-{os.getpid()}-{threading.get_ident()}.tmp")
 
     def quota_file_names(self) -> set[str]:
         """The names in ``quotas/`` (empty when it does not exist)."""
@@ -338,27 +332,16 @@ class Store:
         lineage the backup would need if swapped in, then mark the apply
         begun.  Everything that writes happens here, before the apply: an
         abort on a full disk needs no space."""
-        lfd = os.open(layer_id, _DIR_FLAGS, dir_fd=self.subvolumes_fd)
-        try:
+        with open_dir(layer_id, self.subvolumes_fd, follow=True) as lfd:
             _ioctl.snapshot(lfd, sfd, BACKUP)
             info = _ioctl.get_subvolume_info(lfd)
-        finally:
-            os.close(lfd)
-        bfd = os.open(BACKUP, _DIR_FLAGS, dir_fd=sfd)
-        try:
+        with open_dir(BACKUP, sfd) as bfd:
             backup_uuid = str(_ioctl.get_subvolume_info(bfd).uuid)
-        finally:
-            os.close(bfd)
         layer_uuid = str(info.uuid)
         parent_uuid = self.lineage().get(layer_uuid, (str(info.parent_uuid or ""), ""))[0]
         self.record_lineage(backup_uuid, parent_uuid, layer_uuid)
         mark = json.dumps({"layer": layer_id, "backup": backup_uuid})  # ids may hold any byte but / and NUL
-        fd = os.open(APPLYING + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600, dir_fd=sfd)
-        try:
-            os.write(fd, mark.encode("ascii"))
-        finally:
-            os.close(fd)
-        os.rename(APPLYING + ".tmp", APPLYING, src_dir_fd=sfd, dst_dir_fd=sfd)  # whole, or not there
+        write_file_atomic(APPLYING, mark.encode("ascii"), sfd)
 
     def commit_apply(self, sfd: int) -> None:
         with open(f"/proc/self/fd/{sfd}/{APPLYING}", "rb") as f:
@@ -375,25 +358,20 @@ class Store:
             mark = json.loads(f.read())
         layer_id, backup_uuid = mark["layer"], mark["backup"]
         try:
-            lfd = os.open(layer_id, _DIR_FLAGS, dir_fd=self.subvolumes_fd)
+            with open_dir(layer_id, self.subvolumes_fd, follow=True) as lfd:
+                current: str | None = str(_ioctl.get_subvolume_info(lfd).uuid)
         except FileNotFoundError:
-            lfd = None  # removed meanwhile: nothing to restore
-        if lfd is not None:
-            try:
-                current = str(_ioctl.get_subvolume_info(lfd).uuid)
-            finally:
-                os.close(lfd)
+            current = None  # removed meanwhile: nothing to restore
+        if current is not None:
             if current != backup_uuid:  # not swapped yet
                 _ioctl.rename_exchange(sfd, BACKUP, self.subvolumes_fd, layer_id)
                 size = self.read_quota(layer_id)
                 if size is not None:
-                    rfd = os.open(layer_id, _DIR_FLAGS, dir_fd=self.subvolumes_fd)
-                    try:
-                        _ioctl.qgroup_limit(rfd, 0, max_referenced=size)
-                    except OSError:
-                        pass  # quotas off now; get() re-applies the limit
-                    finally:
-                        os.close(rfd)
+                    with open_dir(layer_id, self.subvolumes_fd, follow=True) as rfd:
+                        try:
+                            _ioctl.qgroup_limit(rfd, 0, max_referenced=size)
+                        except OSError:
+                            pass  # quotas off now; get() re-applies the limit
             self._return_nested(os.path.join(staging_path, BACKUP), self.layer_path(layer_id))
         subvolume.remove_tree(os.path.join(staging_path, BACKUP), destroy_subvolumes=True)
         os.unlink(APPLYING, dir_fd=sfd)
@@ -403,35 +381,31 @@ class Store:
         """Move the subvolumes nested in the failed copy of a layer back into
         the restored one, where its snapshot left an empty directory for
         each: a snapshot does not take nested subvolumes along."""
-        ffd = os.open(failed, _DIR_FLAGS)
-        rfd = os.open(restored, _DIR_FLAGS)
         beneath = _ioctl.RESOLVE_BENEATH | _ioctl.RESOLVE_NO_SYMLINKS
-        try:
+        path_dir = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+        with open_dir(failed, follow=True) as ffd, open_dir(restored, follow=True) as rfd:
             top = _ioctl.subvolume_id(ffd)
             for sub in subvolume.nested_subvolumes(ffd, top):
                 if sub.parent_id != top:
                     continue  # moves with its parent
                 _, dirpath = _ioctl.ino_lookup(ffd, sub.dirid, top)
                 dirpath = dirpath.rstrip(b"/") or b"."
-                try:
-                    src = _ioctl.openat2(ffd, dirpath, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, 0, beneath)
-                    dst = _ioctl.openat2(rfd, dirpath, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, 0, beneath)
-                except OSError:
-                    continue  # its place is gone in the restored copy: it goes with the failed one
-                try:
+                with ExitStack() as fds:
                     try:
-                        os.rmdir(sub.name, dir_fd=dst)  # the snapshot's placeholder
-                    except FileNotFoundError:
+                        src = _ioctl.openat2(ffd, dirpath, path_dir, 0, beneath)
+                        fds.callback(os.close, src)
+                        dst = _ioctl.openat2(rfd, dirpath, path_dir, 0, beneath)
+                        fds.callback(os.close, dst)
+                    except OSError:
+                        continue  # its place is gone in the restored copy: it goes with the failed one
+                    try:
+                        try:
+                            os.rmdir(sub.name, dir_fd=dst)  # the snapshot's placeholder
+                        except FileNotFoundError:
+                            pass
+                        os.rename(sub.name, sub.name, src_dir_fd=src, dst_dir_fd=dst)
+                    except OSError:
                         pass
-                    os.rename(sub.name, sub.name, src_dir_fd=src, dst_dir_fd=dst)
-                except OSError:
-                    pass
-                finally:
-                    os.close(src)
-                    os.close(dst)
-        finally:
-            os.close(ffd)
-            os.close(rfd)
 
     def retire_staging(self, fd: int) -> None:
         """Give up a staging directory an operation could not clean: its lock
@@ -537,16 +511,14 @@ class Store:
         """Yield ``(name, fd, path)`` of each staging directory whose owner is
         gone, locked by this caller for the time of the iteration."""
         for name in sorted(_listdir(self.staging_root_fd)):
-            try:
-                fd = os.open(name, _DIR_NOFOLLOW, dir_fd=self.staging_root_fd)
-            except (FileNotFoundError, NotADirectoryError, OSError):
-                continue
-            try:
+            with ExitStack() as held:
+                try:
+                    fd = held.enter_context(open_dir(name, self.staging_root_fd))
+                except OSError:
+                    continue  # gone meanwhile, or not a directory
                 if not try_lock(fd):
                     continue  # its owner lives
                 yield name, fd, os.path.join(self.staging_path, name)
-            finally:
-                os.close(fd)
 
     def recover(self) -> list[str]:
         """Undo the apply_diff calls whose process died midway (what a new
@@ -624,18 +596,16 @@ class Store:
         removed = []
         for name in names:
             path = os.path.join(directory, name)
-            try:
-                fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
-            except OSError:
-                continue  # gone meanwhile, or not a marker file
-            try:
+            with ExitStack() as held:
+                try:
+                    fd = held.enter_context(open_file(path, os.O_RDWR))
+                except OSError:
+                    continue  # gone meanwhile, or not a marker file
                 if not try_lock(fd):
                     continue  # an import is at work on it
                 if self._layer_uuid(name) is None or read_marker(fd).get("uuid") != self._layer_uuid(name):
                     os.unlink(path)
                     removed.append(name)
-            finally:
-                os.close(fd)
         return removed
 
     def _layer_uuid(self, name: str) -> str | None:
