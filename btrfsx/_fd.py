@@ -20,14 +20,15 @@ __all__ = ["DIR_FLAGS", "DIR_NOFOLLOW", "open_dir", "open_file", "read_file", "w
 
 #: A directory, read-only, not inherited by children.
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-#: The same, refusing a symlink at the last component (ELOOP).
+#: The same, refusing a symlink at the last component: NotADirectoryError,
+#: as Linux reports O_NOFOLLOW|O_DIRECTORY on a symlink (ENOTDIR, not ELOOP).
 DIR_NOFOLLOW = DIR_FLAGS | os.O_NOFOLLOW
 
 
 @contextmanager
 def open_dir(path: str | bytes | os.PathLike, dir_fd: int | None = None, *, follow: bool = False) -> Iterator[int]:
     """An fd of directory ``path`` (relative to ``dir_fd`` if given), closed
-    when the block ends; a symlink at its last component is ELOOP unless
+    when the block ends; a symlink at its last component is NotADirectoryError unless
     ``follow``."""
     fd = os.open(path, DIR_FLAGS if follow else DIR_NOFOLLOW, dir_fd=dir_fd)
     try:

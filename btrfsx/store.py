@@ -251,7 +251,7 @@ class Store:
 
     def open_layer(self, layer_id: str) -> AbstractContextManager[int]:
         """``subvolumes/ID`` opened for the block (never through a symlink:
-        ELOOP), as a context manager yielding its fd."""
+        NotADirectoryError), as a context manager yielding its fd."""
         return open_dir(layer_id, self.subvolumes_fd)
 
     def layer_path(self, layer_id: str) -> str:

@@ -47,9 +47,11 @@ import subprocess
 import threading
 import time
 import uuid as _uuid
+from contextlib import ExitStack
 from typing import BinaryIO, cast
 
 from btrfsx import _ioctl, subvolume
+from btrfsx._fd import DIR_FLAGS, DIR_NOFOLLOW, open_dir, read_file, try_lock, write_file_atomic
 from btrfsx._proc import pid_alive
 from btrfsx.errors import ArchiveError, PrerequisitesError
 from btrfsx.store import STATE, Store
@@ -61,8 +63,6 @@ RECORD = "record"         # its JSON record, beside it
 LAYER = "layer"           # the writable snapshot of a received twin, in a staging directory
 _receive_counter = itertools.count()
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-_DIR_NOFOLLOW = _DIR_FLAGS | os.O_NOFOLLOW
 _CHUNK = 1 << 20
 
 MAGIC = b"btrfs-stream\0"
@@ -88,19 +88,14 @@ def _dir(store: Store, relative: str) -> int:
         os.mkdir(path, 0o700)
     except FileExistsError:
         pass
-    return os.open(path, _DIR_NOFOLLOW)
+    return os.open(path, DIR_NOFOLLOW)
 
 
 def _read_record(dirfd: int) -> dict:
     """The record in a twin's directory; empty when missing or torn."""
-    try:
-        fd = os.open(RECORD, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
-    except (FileNotFoundError, NotADirectoryError):
+    data = read_file(RECORD, dirfd, limit=4096)
+    if data is None:
         return {}
-    try:
-        data = os.read(fd, 4096)
-    finally:
-        os.close(fd)
     try:
         record = json.loads(data)
     except ValueError:
@@ -109,18 +104,13 @@ def _read_record(dirfd: int) -> dict:
 
 
 def _write_record(dirfd: int, record: dict) -> None:
-    fd = os.open(RECORD + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600, dir_fd=dirfd)
-    try:
-        os.write(fd, json.dumps(record).encode())
-    finally:
-        os.close(fd)
-    os.rename(RECORD + ".tmp", RECORD, src_dir_fd=dirfd, dst_dir_fd=dirfd)  # whole, or not there
+    write_file_atomic(RECORD, json.dumps(record).encode(), dirfd)  # RECORD.tmp renamed over it: whole, or not there
 
 
 def _open_subvolume(dirfd: int, name: str) -> int | None:
     """``name`` in ``dirfd`` opened, if it is a subvolume; None otherwise."""
     try:
-        fd = os.open(name, _DIR_NOFOLLOW, dir_fd=dirfd)
+        fd = os.open(name, DIR_NOFOLLOW, dir_fd=dirfd)
     except OSError:
         return None
     if os.fstat(fd).st_ino != _ioctl.FIRST_FREE_OBJECTID:
@@ -144,61 +134,58 @@ def _drop(store: Store, layer_id: str) -> bool:
 def _twin_for_send(store: Store, layer_id: str) -> int:
     """An fd of layer ``layer_id``'s twin, made now unless the one there
     still holds the layer's tree.  Takes the id's lock."""
-    with store.lock(layer_id):
+    with store.lock(layer_id), ExitStack() as fds:
         lfd = _open_subvolume(store.subvolumes_fd, layer_id)
         if lfd is None:
             raise FileNotFoundError(errno.ENOENT, f"layer {layer_id!r} does not exist", store.layer_path(layer_id))
+        fds.callback(os.close, lfd)
         tdir = _dir(store, TWINS)
-        try:
-            # delalloc flushed and the transaction committed: ctransid is current
-            _ioctl.sync(lfd)
-            layer = _ioctl.get_subvolume_info(lfd)
+        fds.callback(os.close, tdir)
+        # delalloc flushed and the transaction committed: ctransid is current
+        _ioctl.sync(lfd)
+        layer = _ioctl.get_subvolume_info(lfd)
+        with ExitStack() as there:
             try:
-                dfd: int | None = os.open(layer_id, _DIR_NOFOLLOW, dir_fd=tdir)
+                dfd: int | None = there.enter_context(open_dir(layer_id, tdir))
             except OSError:
                 dfd = None
             if dfd is not None:
-                try:
-                    record = _read_record(dfd)
-                    tfd = _open_subvolume(dfd, TWIN)
-                    if tfd is not None:
+                record = _read_record(dfd)
+                tfd = _open_subvolume(dfd, TWIN)
+                if tfd is not None:
+                    with ExitStack() as unless_returned:
+                        unless_returned.callback(os.close, tfd)
                         twin = _ioctl.get_subvolume_info(tfd)
                         if record.get("layer") == str(layer.uuid) and record.get("twin") == str(twin.uuid):
                             if record.get("ctransid") == layer.ctransid:
+                                unless_returned.pop_all()
                                 return tfd
                             if record.get("since") and _same_but_atimes(store, layer, twin, record["since"]):
                                 # reads since (atime updates) change ctransid, not the tree
                                 record["ctransid"] = layer.ctransid
                                 _write_record(dfd, record)
+                                unless_returned.pop_all()
                                 return tfd
-                        os.close(tfd)
-                finally:
-                    os.close(dfd)
-                _drop(store, layer_id)
-            # Made in place: a read-only subvolume cannot be moved to another
-            # directory (its ".." would change).  Until its record is
-            # written it is a twin gc drops.
-            os.mkdir(layer_id, 0o700, dir_fd=tdir)
-            dfd = os.open(layer_id, _DIR_NOFOLLOW, dir_fd=tdir)
+        if dfd is not None:
+            _drop(store, layer_id)
+        # Made in place: a read-only subvolume cannot be moved to another
+        # directory (its ".." would change).  Until its record is
+        # written it is a twin gc drops.
+        os.mkdir(layer_id, 0o700, dir_fd=tdir)
+        with open_dir(layer_id, tdir) as dfd:
             try:
                 _ioctl.snapshot(lfd, dfd, TWIN, readonly=True)
-                tfd = os.open(TWIN, _DIR_FLAGS, dir_fd=dfd)
-                try:
+                tfd = os.open(TWIN, DIR_FLAGS, dir_fd=dfd)
+                with ExitStack() as unless_returned:
+                    unless_returned.callback(os.close, tfd)
                     twin = _ioctl.get_subvolume_info(tfd)
                     _write_record(dfd, {"layer": str(layer.uuid), "twin": str(twin.uuid),
                                         "ctransid": layer.ctransid, "since": twin.otransid + 1})
-                except BaseException:
-                    os.close(tfd)
-                    raise
+                    unless_returned.pop_all()
                 return tfd
             except BaseException:
                 _drop(store, layer_id)
                 raise
-            finally:
-                os.close(dfd)
-        finally:
-            os.close(lfd)
-            os.close(tdir)
 
 
 def _same_but_atimes(store: Store, layer, twin, since: int) -> bool:
@@ -248,23 +235,21 @@ def forget(store: Store, layer_id: str) -> None:
 
 def _belongs(store: Store, name: str) -> bool:
     """Whether ``twins/NAME`` is a whole twin of the layer now called NAME."""
-    lfd = _open_subvolume(store.subvolumes_fd, name)
-    if lfd is None:
-        return False
-    try:
-        dfd = os.open(os.path.join(store.home, TWINS, name), _DIR_NOFOLLOW)
-    except OSError:
-        os.close(lfd)
-        return False
-    tfd = _open_subvolume(dfd, TWIN)
-    try:
+    with ExitStack() as fds:
+        lfd = _open_subvolume(store.subvolumes_fd, name)
+        if lfd is None:
+            return False
+        fds.callback(os.close, lfd)
+        try:
+            dfd = fds.enter_context(open_dir(os.path.join(store.home, TWINS, name)))
+        except OSError:
+            return False
+        tfd = _open_subvolume(dfd, TWIN)
+        if tfd is not None:
+            fds.callback(os.close, tfd)
         record = _read_record(dfd)
         return (tfd is not None and record.get("layer") == str(_ioctl.get_subvolume_info(lfd).uuid)
                 and record.get("twin") == str(_ioctl.get_subvolume_info(tfd).uuid))
-    finally:
-        for fd in (lfd, dfd, tfd):
-            if fd is not None:
-                os.close(fd)
 
 
 def _collect(store: Store, names) -> list[str]:
@@ -290,14 +275,11 @@ def _lock_orphan(fd: int, name: str) -> bool:
     pid = name.split("-", 1)[0]
     dead = pid.isdigit() and not pid_alive(int(pid))
     deadline = time.monotonic() + (5.0 if dead else 0.0)
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.01)
+    while not try_lock(fd):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def gc(store: Store) -> list[str]:
@@ -310,17 +292,15 @@ def gc(store: Store) -> list[str]:
     except FileNotFoundError:
         partial = []
     for name in partial:
-        try:
-            fd = os.open(os.path.join(path, name), _DIR_NOFOLLOW)
-        except OSError:
-            continue
-        try:
+        with ExitStack() as held:
+            try:
+                fd = held.enter_context(open_dir(os.path.join(path, name)))
+            except OSError:
+                continue
             if not _lock_orphan(fd, name):
                 continue  # its receive is alive
             subvolume.remove_tree(os.path.join(path, name), destroy_subvolumes=True)
             removed.append(os.path.join(path, name))
-        finally:
-            os.close(fd)
     if partial:
         _tidy_receiving(store)
     try:
@@ -551,11 +531,8 @@ def _mount_root(home: str) -> str:
 
 
 def _fsid(path: str) -> str:
-    fd = os.open(path, _DIR_FLAGS)
-    try:
+    with open_dir(path, follow=True) as fd:  # home, or a mount point above it: either may be reached by a symlink
         return str(_ioctl.fs_info(fd).fsid)
-    finally:
-        os.close(fd)
 
 
 def _parent_twin(store: Store, layer_id: str, parent: str, head: _Head) -> str:
@@ -686,36 +663,38 @@ def receive(store: Store, layer_id: str, stream: BinaryIO, parent: str | None, s
         btrfs = _btrfs()
         mount = _mount_root(store.home)
         rname = f"{os.getpid()}-{next(_receive_counter)}"
-        while True:
-            rroot = _dir(store, RECEIVING_DIR)
+        with ExitStack() as fds:
+            while True:
+                rroot = _dir(store, RECEIVING_DIR)
+                try:
+                    os.mkdir(rname, 0o700, dir_fd=rroot)
+                    rfd = os.open(rname, DIR_NOFOLLOW, dir_fd=rroot)
+                    break
+                except FileNotFoundError:
+                    os.close(rroot)  # receiving/ removed meanwhile by a receive that ended: make it again
+                except BaseException:
+                    os.close(rroot)
+                    raise
+            fds.callback(os.close, rroot)
+            fds.callback(os.close, rfd)
+            fcntl.flock(rfd, fcntl.LOCK_EX)  # until this process and `btrfs receive` are gone
+            sfd = store.take_staging()
+            clean = False
             try:
-                os.mkdir(rname, 0o700, dir_fd=rroot)
-                rfd = os.open(rname, _DIR_NOFOLLOW, dir_fd=rroot)
-                break
-            except FileNotFoundError:
-                os.close(rroot)  # receiving/ removed meanwhile by a receive that ended: make it again
+                total = _receive_locked(store, sfd, rfd, (rroot, rname), layer_id, stream, head, parent_uuid, size,
+                                        limit, btrfs, mount)
+                clean = True
+                return total
             except BaseException:
-                os.close(rroot)
+                clean = _discard(sfd, os.path.join(store.home, RECEIVING_DIR, rname))
                 raise
-        fcntl.flock(rfd, fcntl.LOCK_EX)  # until this process and `btrfs receive` are gone
-        sfd = store.take_staging()
-        clean = False
-        try:
-            total = _receive_locked(store, sfd, rfd, (rroot, rname), layer_id, stream, head, parent_uuid, size,
-                                    limit, btrfs, mount)
-            clean = True
-            return total
-        except BaseException:
-            clean = _discard(sfd, os.path.join(store.home, RECEIVING_DIR, rname))
-            raise
-        finally:
-            os.close(rfd)
-            os.close(rroot)
-            _tidy_receiving(store)
-            if clean:
-                store.give_staging(sfd)
-            else:
-                store.retire_staging(sfd)  # gc takes what is left in it
+            finally:
+                fds.close()  # rfd (its lock) and rroot, before receiving/ is tidied away
+                _tidy_receiving(store)
+                if clean:
+                    store.give_staging(sfd)
+                else:
+                    store.retire_staging(sfd)  # gc takes what is left in it
 
 
 def _tidy_receiving(store: Store) -> None:
@@ -823,13 +802,10 @@ def _receive_locked(store: Store, sfd: int, rfd: int, where: tuple[int, str], la
         os.close(tfd)
     if name != TWIN:
         os.rename(name, TWIN, src_dir_fd=rfd, dst_dir_fd=rfd)  # in its directory: a read-only one cannot leave it
-    lfd = os.open(LAYER, _DIR_FLAGS, dir_fd=sfd)
-    try:
+    with open_dir(LAYER, sfd) as lfd:  # the snapshot just made
         if size is not None:
             limit(lfd, layer_id, size)
         layer_uuid = str(_ioctl.get_subvolume_info(lfd).uuid)
-    finally:
-        os.close(lfd)
     record: dict[str, str | int | None] = {"layer": layer_uuid, "twin": str(twin.uuid), "ctransid": None}
     _write_record(rfd, record)
     tdir = _dir(store, TWINS)
@@ -856,14 +832,11 @@ def _receive_locked(store: Store, sfd: int, rfd: int, where: tuple[int, str], la
     # ctransid makes the twin reusable for sending the layer on from here;
     # without it (a failure now) the first send makes a new twin instead.
     try:
-        pfd = os.open(layer_id, _DIR_FLAGS, dir_fd=store.subvolumes_fd)
-        try:
+        with open_dir(layer_id, store.subvolumes_fd, follow=True) as pfd:
             _ioctl.sync(pfd)
             published = _ioctl.get_subvolume_info(pfd)
             record["ctransid"] = published.ctransid
             record["since"] = published.generation + 1
-        finally:
-            os.close(pfd)
         _write_record(rfd, record)
     except OSError:
         pass

@@ -20,9 +20,11 @@ import stat
 import zlib
 from collections import OrderedDict
 from collections.abc import Sequence
+from contextlib import closing
 from typing import BinaryIO, Literal, cast, overload
 
 from btrfsx import _ioctl
+from btrfsx._fd import DIR_FLAGS, open_dir
 from btrfsx.archive.export import WHITEOUT_PREFIX
 from btrfsx.archive.tarread import Member, TarReader
 from btrfsx.errors import ArchiveError, UnsafeArchiveError
@@ -346,7 +348,7 @@ class _Applier:
             return
         self._forget(rel)
         if stat.S_ISDIR(st.st_mode):
-            dfd = _ioctl.openat2(pfd, base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, 0, _BENEATH)
+            dfd = _ioctl.openat2(pfd, base, DIR_FLAGS, 0, _BENEATH)
             try:
                 for name in os.listdir(dfd):
                     self.remove(dfd, name, f"{rel}/{name}")
@@ -461,6 +463,9 @@ class _Applier:
             make()
 
     def regular(self, pfd: int, base: str, rel: str, info: Member, tar: TarReader) -> None:
+        # once per file of the tarball: a plain try/finally, not _fd.open_file
+        # (its context manager costs a few microseconds a file, and an apply
+        # of small files is near its target against tar -x)
         try:
             fd = os.open(base, _NEW_FILE, 0o600, dir_fd=pfd)
         except FileExistsError:
@@ -495,7 +500,7 @@ class _Applier:
         self.remove(pfd, target, f"{parent}/{target}" if parent else target)
 
     def _list(self, pfd: int) -> list[str]:
-        dfd = _ioctl.openat2(pfd, ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, 0, _BENEATH)
+        dfd = _ioctl.openat2(pfd, ".", DIR_FLAGS, 0, _BENEATH)
         try:
             return os.listdir(dfd)
         finally:
@@ -552,7 +557,7 @@ class _Applier:
         stand in the way."""
         for rel, info in sorted(self.dirs, key=lambda d: d[0].count("/") + (d[0] != ""), reverse=True):
             fd = (os.dup(self.root_fd) if rel == "" else
-                  _ioctl.openat2(self.root_fd, rel, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, 0, _BENEATH))
+                  _ioctl.openat2(self.root_fd, rel, DIR_FLAGS, 0, _BENEATH))
             try:
                 self.metadata_fd(fd, info, prune=True)
             except (OverflowError, ValueError) as e:
@@ -610,9 +615,8 @@ def apply_layer(root: str | bytes, stream: BinaryIO, uid_maps: Sequence[IDMap] |
     returns the total size of its regular files' contents.  On an error the
     tree is left part-applied: callers wanting all-or-nothing work on a copy."""
     tar_stream, compression, source = _open(stream)
-    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    applier = _Applier(root_fd, uid_maps, gid_maps, source)
-    try:
+    # the caller's root may be reached through a symlink: followed
+    with open_dir(root, follow=True) as root_fd, closing(_Applier(root_fd, uid_maps, gid_maps, source)) as applier:
         try:
             tar = TarReader(tar_stream)
             for info in tar:
@@ -626,6 +630,3 @@ def apply_layer(root: str | bytes, stream: BinaryIO, uid_maps: Sequence[IDMap] |
             raise stream_error(e, compression, source.count) from None
         applier.finish()
         return applier.size
-    finally:
-        applier.close()
-        os.close(root_fd)
