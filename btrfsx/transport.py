@@ -321,17 +321,34 @@ def kernel_protocol() -> int:
         return 1
 
 
+def _run_send(w: int, fds: list[int], send_args: tuple, failed: list[OSError]) -> None:
+    """The send thread: SEND from ``fds[0]`` into pipe end ``w``, its error
+    put in ``failed``; every fd closed at the end.  It holds no reference
+    to its SendStream, so a stream its reader drops is collected and closed,
+    which ends the send (EPIPE) instead of leaving it blocked on a full pipe."""
+    # A signal for the main thread must not land here: SEND cannot be
+    # resumed after EINTR.
+    signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    try:
+        _ioctl.send(fds[0], w, *send_args)
+    except OSError as e:
+        failed.append(e)
+    finally:
+        os.close(w)
+        for fd in fds:
+            os.close(fd)
+
+
 class SendStream(io.RawIOBase):
     """The read end of the pipe a thread running SEND writes into.  Reading
     to the end raises the error of a send that failed, so a failed send is
-    never mistaken for a short stream; closing early stops the send."""
+    never mistaken for a short stream; closing early (or dropping the
+    stream) stops the send."""
 
     def __init__(self, layer_id: str, fds: list[int], send_args: tuple):
         super().__init__()
         self.layer_id = layer_id
-        self._fds = fds
-        self._error: OSError | None = None
-        self._closing = False
+        self._failed: list[OSError] = []
         r, w = os.pipe2(os.O_CLOEXEC)
         self._fd = r
         try:
@@ -341,22 +358,9 @@ class SendStream(io.RawIOBase):
             fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, _CHUNK)
         except OSError:
             pass
-        self._thread = threading.Thread(target=self._run, args=(w, send_args), daemon=True,
+        self._thread = threading.Thread(target=_run_send, args=(w, fds, send_args, self._failed), daemon=True,
                                         name=f"btrfsx-send-{layer_id}")
         self._thread.start()
-
-    def _run(self, w: int, send_args: tuple) -> None:
-        # A signal for the main thread must not land here: SEND cannot be
-        # resumed after EINTR.
-        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
-        try:
-            _ioctl.send(self._fds[0], w, *send_args)
-        except OSError as e:
-            self._error = e
-        finally:
-            os.close(w)
-            for fd in self._fds:
-                os.close(fd)
 
     def readable(self) -> bool:
         return True
@@ -368,8 +372,8 @@ class SendStream(io.RawIOBase):
         n = os.readv(self._fd, [b])
         if n == 0:
             self._thread.join()
-            if self._error is not None:
-                e = self._error
+            if self._failed:
+                e = self._failed[0]
                 raise OSError(e.errno, f"layer {self.layer_id!r}: cannot send it: {e.strerror}", e.filename)
         return n
 

@@ -4,6 +4,7 @@ nothing behind."""
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import os
@@ -11,6 +12,8 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -469,6 +472,30 @@ def test_closing_a_send_stream_early_stops_the_send(pair):
         got += stream.read(4096)
     stream.close()  # the kernel's write gets EPIPE; nothing raised here
     assert len(stream_of(a, "l")) > 8 * MiB
+
+
+def _send_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("btrfsx-send-")]
+
+
+def test_a_send_stream_dropped_unread_ends_its_send(pair):
+    # a reader that stops reading and lets go of the stream without closing
+    # it: the send, blocked on the full pipe, must end, not wait forever
+    a, _ = pair
+    a.create("l")
+    (Path(a.get("l")) / "f").write_bytes(os.urandom(8 * MiB))
+    assert _send_threads() == []
+    stream = a.send("l")
+    stream.read(4096)
+    assert len(_send_threads()) == 1
+    del stream
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while _send_threads() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _send_threads() == []
+    a.remove("l")  # its twin's fd was closed too: nothing holds the layer
+    assert not a.exists("l")
 
 
 # ---------------------------------------------------------------- the command
