@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from btrfsx import CreateOpts, Driver, MountOpts, _ioctl
+from btrfsx._fd import DIR_FLAGS
 
 pytestmark = pytest.mark.btrfs
 
@@ -48,7 +49,6 @@ DEFAULT_SUBDIR_GROUP = 2
 DEFAULT_FILE_PERMS = 0o222
 
 MIB = 1 << 20
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
 # ---------------------------------------------------------------- fixtures
@@ -603,7 +603,7 @@ def test_set_quota(driver, defer_remove):
     assert not os.path.exists(os.path.join(driver.home, "quotas", "Base4"))
 
     mount_path = driver.get("quotaTest", MountOpts())
-    fd = os.open(mount_path, _DIR_FLAGS)
+    fd = os.open(mount_path, DIR_FLAGS)
     try:
         subvolid = _ioctl.subvolume_id(fd)
         limits = _ioctl.qgroup_limits(fd, subvolid)
@@ -621,7 +621,7 @@ def test_set_quota(driver, defer_remove):
 
     # the parent has no limit
     with _Layer(driver, "Base4") as base_root:
-        base_fd = os.open(base_root, _DIR_FLAGS)
+        base_fd = os.open(base_root, DIR_FLAGS)
         try:
             base_limits = _ioctl.qgroup_limits(base_fd, _ioctl.subvolume_id(base_fd))
             assert base_limits is None or not base_limits.flags & _ioctl.QGROUP_LIMIT_MAX_RFER
@@ -649,7 +649,7 @@ def test_get_reapplies_quota_from_quota_file(driver, defer_remove):
     defer_remove("sized")
     assert _read_file(os.path.join(driver.home, "quotas", "sized")) == str(20 * MIB).encode()
     path = os.path.join(driver.home, "subvolumes", "sized")
-    fd = os.open(path, _DIR_FLAGS)
+    fd = os.open(path, DIR_FLAGS)
     try:
         qgroupid = _ioctl.subvolume_id(fd)
         _ioctl.qgroup_limit(fd, 0, max_referenced=_ioctl.QGROUP_LIMIT_NONE)
@@ -667,7 +667,7 @@ def test_get_reapplies_quota_from_quota_file(driver, defer_remove):
 
 def _create_subvolume(parent: str, name: str) -> None:
     """subvolCreate: BTRFS_IOC_SUBVOL_CREATE of ``name`` in directory ``parent``."""
-    fd = os.open(parent, _DIR_FLAGS)
+    fd = os.open(parent, DIR_FLAGS)
     try:
         _ioctl.create_subvolume(fd, name)
     finally:
@@ -712,7 +712,7 @@ def test_subvol_delete(driver):
         _check_files(driver, "test", 10)
     finally:
         driver.put("test")
-    fd = os.open(driver.home, _DIR_FLAGS)
+    fd = os.open(driver.home, DIR_FLAGS)
     try:
         assert [name for _, _, _, name in _nested_of(fd, _ioctl.subvolume_id(fd))] == [b"test"]
     finally:
@@ -729,7 +729,7 @@ def test_subvol_delete(driver):
     assert driver.layers() == []
     # No subvolume is left on the filesystem (a fresh one, holding only home):
     # none under the layer's id, none in btrfsx's staging directory.
-    fd = os.open(driver.home, _DIR_FLAGS)
+    fd = os.open(driver.home, DIR_FLAGS)
     try:
         left = [name for _, _, _, name in _nested_of(fd, _ioctl.subvolume_id(fd))]
     finally:
@@ -749,7 +749,7 @@ def test_subvol_delete_read_only_nested(driver, defer_remove):
     ro = os.path.join(directory, "ro")
     _create_subvolume(ro, "inner")
     _write_file(os.path.join(ro, "inner", "f"), b"x", 0o644)
-    fd = os.open(ro, _DIR_FLAGS)
+    fd = os.open(ro, DIR_FLAGS)
     try:
         _ioctl.set_subvolume_flags(fd, _ioctl.SUBVOL_RDONLY)
         assert _ioctl.get_subvolume_flags(fd) & _ioctl.SUBVOL_RDONLY

@@ -14,12 +14,12 @@ import time
 import pytest
 
 from btrfsx import Driver, _ioctl
+from btrfsx._fd import DIR_FLAGS
 from btrfsx.subvolume import nested_subvolumes
 from btrfsx.testing import build_layer, walk_nested
 
 pytestmark = pytest.mark.btrfs
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 # _IOW(0x94, 14, struct btrfs_ioctl_vol_args) and _IOW(0x94, 15, ...): 4096-byte args
 BTRFS_IOC_SUBVOL_CREATE = 0x5000940E
@@ -48,7 +48,7 @@ def interleaved_medians(a, b, n, warmup=20):
 
 def test_nested_discovery_from_metadata_beats_the_walk_twentyfold(btrfs_fs):
     root = btrfs_fs.mountpoint
-    fd = os.open(root, _DIR_FLAGS)
+    fd = os.open(root, DIR_FLAGS)
     try:
         _ioctl.create_subvolume(fd, "layer")
     finally:
@@ -58,12 +58,12 @@ def test_nested_discovery_from_metadata_beats_the_walk_twentyfold(btrfs_fs):
     for rel in NESTED:
         parent, name = os.path.split(layer / rel)
         os.makedirs(parent, exist_ok=True)
-        pfd = os.open(parent, _DIR_FLAGS)
+        pfd = os.open(parent, DIR_FLAGS)
         try:
             _ioctl.create_subvolume(pfd, name)
         finally:
             os.close(pfd)
-    lfd = os.open(layer, _DIR_FLAGS)
+    lfd = os.open(layer, DIR_FLAGS)
     try:
         subvolid = _ioctl.subvolume_id(lfd)
         # both find the same five (and warm the caches)
@@ -84,7 +84,7 @@ def test_nested_discovery_from_metadata_beats_the_walk_twentyfold(btrfs_fs):
 
 
 def test_compiled_ioctls_are_not_slower_than_fcntl_ioctl(btrfs_fs):
-    fd = os.open(btrfs_fs.mountpoint, _DIR_FLAGS)
+    fd = os.open(btrfs_fs.mountpoint, DIR_FLAGS)
 
     def vol_args(name):
         return bytearray(struct.pack("q4088s", 0, name))
@@ -109,7 +109,7 @@ def test_compiled_ioctls_are_not_slower_than_fcntl_ioctl(btrfs_fs):
 
 
 def test_driver_create_remove_is_within_three_times_the_bare_ioctls(btrfs_fs):
-    fd = os.open(btrfs_fs.mountpoint, _DIR_FLAGS)
+    fd = os.open(btrfs_fs.mountpoint, DIR_FLAGS)
     driver = Driver(btrfs_fs.mountpoint / "home")
     try:
         def bare(i):
