@@ -144,61 +144,140 @@ static int snap_create(int srcfd, int dirfd, const char *name)
 	return ioctl(dirfd, BTRFS_IOC_SNAP_CREATE_V2, &args);
 }
 
-/* ------------------------------------------------------------ create */
+/* ------------------------------------------------------------ the timing scaffolding */
 
-static int cmd_create(const char *dir, long n)
+/* One kind of sample: n per-op nanoseconds, reported as "<what> NS" lines. */
+struct samples {
+	const char *what;
+	long n;
+	int64_t *ns;
+};
+
+static struct samples samples(const char *what, long n)
 {
-	int dirfd = open_dir(dir);
-	char name[64];
-	int64_t *tc = calloc(n ? n : 1, sizeof(*tc)), *td = calloc(n ? n : 1, sizeof(*td));
-	for (long i = 0; i < n; i++) {
-		snprintf(name, sizeof(name), "floor-c%ld", i);
-		int64_t t0 = now_ns();
-		if (subvol_create(dirfd, name) < 0)
-			die("SUBVOL_CREATE", name);
-		tc[i] = now_ns() - t0;
-	}
-	for (long i = 0; i < n; i++) {
-		snprintf(name, sizeof(name), "floor-c%ld", i);
-		int64_t t0 = now_ns();
-		if (snap_destroy(dirfd, name) < 0)
-			die("SNAP_DESTROY", name);
-		td[i] = now_ns() - t0;
-	}
-	for (long i = 0; i < n; i++)
-		printf("create %lld\n", (long long)tc[i]);
-	for (long i = 0; i < n; i++)
-		printf("destroy %lld\n", (long long)td[i]);
-	free(tc);
-	free(td);
-	close(dirfd);
+	struct samples s = {what, n, calloc(n ? n : 1, sizeof(int64_t))};
+	if (!s.ns)
+		die("calloc", NULL);
+	return s;
+}
+
+/* Print the samples, one a line, and free them. */
+static void report(struct samples *s)
+{
+	for (long i = 0; i < s->n; i++)
+		printf("%s %lld\n", s->what, (long long)s->ns[i]);
+	free(s->ns);
+}
+
+/* What a name loop's operation works on. */
+struct target {
+	int dirfd, srcfd;              /* the directory of the names; the source of snapshots */
+	unsigned long long bytes;      /* create-sized's limit */
+};
+
+typedef int (*name_op)(const struct target *t, const char *name);
+
+static int op_create(const struct target *t, const char *name)
+{
+	return subvol_create(t->dirfd, name);
+}
+
+static int op_destroy(const struct target *t, const char *name)
+{
+	return snap_destroy(t->dirfd, name);
+}
+
+static int op_snapshot(const struct target *t, const char *name)
+{
+	return snap_create(t->srcfd, t->dirfd, name);
+}
+
+/* SUBVOL_CREATE, open the new subvolume, QGROUP_LIMIT (max_rfer) on it, close */
+static int op_create_sized(const struct target *t, const char *name)
+{
+	if (subvol_create(t->dirfd, name) < 0)
+		return -1;
+	int fd = openat(t->dirfd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		die("open", name);
+	struct btrfs_ioctl_qgroup_limit_args la;
+	memset(&la, 0, sizeof(la));
+	la.qgroupid = 0; /* the subvolume fd is in */
+	la.lim.flags = BTRFS_QGROUP_LIMIT_MAX_RFER;
+	la.lim.max_rfer = t->bytes;
+	if (ioctl(fd, BTRFS_IOC_QGROUP_LIMIT, &la) < 0)
+		die("QGROUP_LIMIT", name);
+	close(fd);
 	return 0;
 }
 
-/* ------------------------------------------------------------ snapshot */
+/* `op` on the names "floor-<tag>0" to "floor-<tag><n-1>" (the last first
+ * when `newest_first`), dying with `what` and the name when it fails; with
+ * `s`, each call's nanoseconds (the name made beforehand, untimed) into
+ * s->ns[i]. */
+static void each_name(const struct target *t, const char *tag, long n, int newest_first, name_op op,
+		      const char *what, struct samples *s)
+{
+	char name[64];
+	for (long k = 0; k < n; k++) {
+		long i = newest_first ? n - 1 - k : k;
+		snprintf(name, sizeof(name), "floor-%s%ld", tag, i);
+		int64_t t0 = s ? now_ns() : 0;
+		if (op(t, name) < 0)
+			die(what, name);
+		if (s)
+			s->ns[i] = now_ns() - t0;
+	}
+}
+
+/* ------------------------------------------------------------ create, snapshot, sized create, destroy */
+
+static int cmd_create(const char *dir, long n)
+{
+	struct target t = {.dirfd = open_dir(dir)};
+	struct samples tc = samples("create", n), td = samples("destroy", n);
+	each_name(&t, "c", n, 0, op_create, "SUBVOL_CREATE", &tc);
+	each_name(&t, "c", n, 0, op_destroy, "SNAP_DESTROY", &td);
+	report(&tc);
+	report(&td);
+	close(t.dirfd);
+	return 0;
+}
 
 static int cmd_snapshot(const char *src, const char *dir, long n)
 {
-	int srcfd = open_dir(src), dirfd = open_dir(dir);
-	char name[64];
-	int64_t *ts = calloc(n ? n : 1, sizeof(*ts));
-	for (long i = 0; i < n; i++) {
-		snprintf(name, sizeof(name), "floor-s%ld", i);
-		int64_t t0 = now_ns();
-		if (snap_create(srcfd, dirfd, name) < 0)
-			die("SNAP_CREATE_V2", name);
-		ts[i] = now_ns() - t0;
-	}
-	for (long i = 0; i < n; i++) {
-		snprintf(name, sizeof(name), "floor-s%ld", i);
-		if (snap_destroy(dirfd, name) < 0)
-			die("SNAP_DESTROY", name);
-	}
-	for (long i = 0; i < n; i++)
-		printf("snapshot %lld\n", (long long)ts[i]);
-	free(ts);
-	close(srcfd);
-	close(dirfd);
+	struct target t = {.srcfd = open_dir(src), .dirfd = open_dir(dir)};
+	struct samples ts = samples("snapshot", n);
+	each_name(&t, "s", n, 0, op_snapshot, "SNAP_CREATE_V2", &ts);
+	each_name(&t, "s", n, 0, op_destroy, "SNAP_DESTROY", NULL);
+	report(&ts);
+	close(t.srcfd);
+	close(t.dirfd);
+	return 0;
+}
+
+static int cmd_create_sized(const char *dir, long n, unsigned long long bytes)
+{
+	struct target t = {.dirfd = open_dir(dir), .bytes = bytes};
+	struct samples tc = samples("create", n), td = samples("destroy", n);
+	each_name(&t, "q", n, 0, op_create_sized, "SUBVOL_CREATE", &tc);
+	each_name(&t, "q", n, 0, op_destroy, "SNAP_DESTROY", &td);
+	report(&tc);
+	report(&td);
+	close(t.dirfd);
+	return 0;
+}
+
+static int cmd_destroy_committed(const char *dir, long n)
+{
+	struct target t = {.dirfd = open_dir(dir)};
+	struct samples td = samples("destroy", n);
+	each_name(&t, "d", n, 0, op_create, "SUBVOL_CREATE", NULL);
+	if (ioctl(t.dirfd, BTRFS_IOC_SYNC, NULL) < 0)
+		die("SYNC", dir);
+	each_name(&t, "d", n, 0, op_destroy, "SNAP_DESTROY", &td);
+	report(&td);
+	close(t.dirfd);
 	return 0;
 }
 
@@ -206,35 +285,28 @@ static int cmd_snapshot(const char *src, const char *dir, long n)
 
 static int cmd_chain(const char *src, const char *dir, long n)
 {
-	int dirfd = open_dir(dir), prev = open_dir(src);
+	struct target t = {.dirfd = open_dir(dir)};
+	int prev = open_dir(src);
 	char name[64];
-	int64_t *ts = calloc(n ? n : 1, sizeof(*ts)), *to = calloc(n ? n : 1, sizeof(*to));
+	struct samples ts = samples("chain", n), to = samples("chain_open", n);
 	for (long i = 0; i < n; i++) {
 		snprintf(name, sizeof(name), "floor-k%ld", i);
 		int64_t t0 = now_ns();
-		if (snap_create(prev, dirfd, name) < 0)
+		if (snap_create(prev, t.dirfd, name) < 0)
 			die("SNAP_CREATE_V2", name);
-		ts[i] = now_ns() - t0;
+		ts.ns[i] = now_ns() - t0;
 		close(prev);
 		t0 = now_ns();
-		prev = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		prev = openat(t.dirfd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 		if (prev < 0)
 			die("open", name);
-		to[i] = now_ns() - t0;
+		to.ns[i] = now_ns() - t0;
 	}
 	close(prev);
-	for (long i = n; i-- > 0;) {
-		snprintf(name, sizeof(name), "floor-k%ld", i);
-		if (snap_destroy(dirfd, name) < 0)
-			die("SNAP_DESTROY", name);
-	}
-	for (long i = 0; i < n; i++)
-		printf("chain %lld\n", (long long)ts[i]);
-	for (long i = 0; i < n; i++)
-		printf("chain_open %lld\n", (long long)to[i]);
-	free(ts);
-	free(to);
-	close(dirfd);
+	each_name(&t, "k", n, 1, op_destroy, "SNAP_DESTROY", NULL);
+	report(&ts);
+	report(&to);
+	close(t.dirfd);
 	return 0;
 }
 
@@ -242,95 +314,21 @@ static int cmd_chain(const char *src, const char *dir, long n)
 
 static int cmd_snapshots(const char *dir, int nsrc, char **srcs)
 {
-	int dirfd = open_dir(dir);
+	struct target t = {.dirfd = open_dir(dir)};
 	char name[64];
-	int64_t *ts = calloc(nsrc ? nsrc : 1, sizeof(*ts));
+	struct samples ts = samples("snapshot", nsrc);
 	for (int i = 0; i < nsrc; i++) {
 		int srcfd = open_dir(srcs[i]); /* the driver opens its parent too, untimed here */
 		snprintf(name, sizeof(name), "floor-m%d", i);
 		int64_t t0 = now_ns();
-		if (snap_create(srcfd, dirfd, name) < 0)
+		if (snap_create(srcfd, t.dirfd, name) < 0)
 			die("SNAP_CREATE_V2", name);
-		ts[i] = now_ns() - t0;
+		ts.ns[i] = now_ns() - t0;
 		close(srcfd);
 	}
-	for (int i = 0; i < nsrc; i++) {
-		snprintf(name, sizeof(name), "floor-m%d", i);
-		if (snap_destroy(dirfd, name) < 0)
-			die("SNAP_DESTROY", name);
-	}
-	for (int i = 0; i < nsrc; i++)
-		printf("snapshot %lld\n", (long long)ts[i]);
-	free(ts);
-	close(dirfd);
-	return 0;
-}
-
-/* ------------------------------------------------------------ sized create */
-
-static int cmd_create_sized(const char *dir, long n, unsigned long long bytes)
-{
-	int dirfd = open_dir(dir);
-	char name[64];
-	int64_t *tc = calloc(n ? n : 1, sizeof(*tc)), *td = calloc(n ? n : 1, sizeof(*td));
-	for (long i = 0; i < n; i++) {
-		snprintf(name, sizeof(name), "floor-q%ld", i);
-		int64_t t0 = now_ns();
-		if (subvol_create(dirfd, name) < 0)
-			die("SUBVOL_CREATE", name);
-		int fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-		if (fd < 0)
-			die("open", name);
-		struct btrfs_ioctl_qgroup_limit_args la;
-		memset(&la, 0, sizeof(la));
-		la.qgroupid = 0; /* the subvolume fd is in */
-		la.lim.flags = BTRFS_QGROUP_LIMIT_MAX_RFER;
-		la.lim.max_rfer = bytes;
-		if (ioctl(fd, BTRFS_IOC_QGROUP_LIMIT, &la) < 0)
-			die("QGROUP_LIMIT", name);
-		close(fd);
-		tc[i] = now_ns() - t0;
-	}
-	for (long i = 0; i < n; i++) {
-		snprintf(name, sizeof(name), "floor-q%ld", i);
-		int64_t t0 = now_ns();
-		if (snap_destroy(dirfd, name) < 0)
-			die("SNAP_DESTROY", name);
-		td[i] = now_ns() - t0;
-	}
-	for (long i = 0; i < n; i++)
-		printf("create %lld\n", (long long)tc[i]);
-	for (long i = 0; i < n; i++)
-		printf("destroy %lld\n", (long long)td[i]);
-	free(tc);
-	free(td);
-	close(dirfd);
-	return 0;
-}
-
-static int cmd_destroy_committed(const char *dir, long n)
-{
-	int dirfd = open_dir(dir);
-	char name[64];
-	int64_t *td = calloc(n ? n : 1, sizeof(*td));
-	for (long i = 0; i < n; i++) {
-		snprintf(name, sizeof(name), "floor-d%ld", i);
-		if (subvol_create(dirfd, name) < 0)
-			die("SUBVOL_CREATE", name);
-	}
-	if (ioctl(dirfd, BTRFS_IOC_SYNC, NULL) < 0)
-		die("SYNC", dir);
-	for (long i = 0; i < n; i++) {
-		snprintf(name, sizeof(name), "floor-d%ld", i);
-		int64_t t0 = now_ns();
-		if (snap_destroy(dirfd, name) < 0)
-			die("SNAP_DESTROY", name);
-		td[i] = now_ns() - t0;
-	}
-	for (long i = 0; i < n; i++)
-		printf("destroy %lld\n", (long long)td[i]);
-	free(td);
-	close(dirfd);
+	each_name(&t, "m", nsrc, 0, op_destroy, "SNAP_DESTROY", NULL);
+	report(&ts);
+	close(t.dirfd);
 	return 0;
 }
 
@@ -402,24 +400,20 @@ static long search_pass(int fd, uint64_t tree, uint64_t min_obj, uint64_t max_ob
 static int cmd_list(const char *path, long n)
 {
 	int fd = open_dir(path);
-	int64_t *tl = calloc(n ? n : 1, sizeof(*tl)), *tr = calloc(n ? n : 1, sizeof(*tr));
+	struct samples tl = samples("list", n), tr = samples("list_root", n);
 	long subvols = 0;
 	for (long i = 0; i < n; i++) {
 		int64_t t0 = now_ns();
 		subvols = search_pass(fd, BTRFS_ROOT_TREE_OBJECTID, BTRFS_FIRST_FREE_OBJECTID, BTRFS_LAST_FREE_OBJECTID,
 				      BTRFS_ROOT_ITEM_KEY, BTRFS_ROOT_BACKREF_KEY, BTRFS_ROOT_BACKREF_KEY, BTRFS_ROOT_BACKREF_KEY);
-		tr[i] = now_ns() - t0;
+		tr.ns[i] = now_ns() - t0;
 		search_pass(fd, BTRFS_QUOTA_TREE_OBJECTID, 0, 0, BTRFS_QGROUP_INFO_KEY, BTRFS_QGROUP_LIMIT_KEY,
 			    BTRFS_QGROUP_INFO_KEY, BTRFS_QGROUP_LIMIT_KEY);
-		tl[i] = now_ns() - t0;
+		tl.ns[i] = now_ns() - t0;
 	}
-	for (long i = 0; i < n; i++)
-		printf("list %lld\n", (long long)tl[i]);
-	for (long i = 0; i < n; i++)
-		printf("list_root %lld\n", (long long)tr[i]);
+	report(&tl);
+	report(&tr);
 	printf("subvols %ld\n", subvols);
-	free(tl);
-	free(tr);
 	close(fd);
 	return 0;
 }
@@ -430,16 +424,14 @@ static int cmd_stat(const char *dir, const char *name, long n)
 {
 	int dirfd = open_dir(dir);
 	struct stat st;
-	int64_t *ts = calloc(n ? n : 1, sizeof(*ts));
+	struct samples ts = samples("stat", n);
 	for (long i = 0; i < n; i++) {
 		int64_t t0 = now_ns();
 		if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
 			die("fstatat", name);
-		ts[i] = now_ns() - t0;
+		ts.ns[i] = now_ns() - t0;
 	}
-	for (long i = 0; i < n; i++)
-		printf("stat %lld\n", (long long)ts[i]);
-	free(ts);
+	report(&ts);
 	close(dirfd);
 	return 0;
 }
@@ -509,6 +501,17 @@ static void find_nested(int fd, uint64_t parent, struct idlist *out)
 		find_nested(fd, out->ids[i], out);
 }
 
+/* The id of the subvolume `fd` is in (INO_LOOKUP of its root directory). */
+static uint64_t subvol_id(int fd, const char *layer)
+{
+	struct btrfs_ioctl_ino_lookup_args look;
+	memset(&look, 0, sizeof(look));
+	look.objectid = BTRFS_FIRST_FREE_OBJECTID;
+	if (ioctl(fd, BTRFS_IOC_INO_LOOKUP, &look) < 0)
+		die("INO_LOOKUP", layer);
+	return look.treeid;
+}
+
 static int remove_one(const char *layer)
 {
 	char parent[PATH_MAX], name[BTRFS_PATH_NAME_MAX + 1];
@@ -528,12 +531,7 @@ static int remove_one(const char *layer)
 	int fd = openat(pfd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (fd < 0)
 		die("open", layer);
-	struct btrfs_ioctl_ino_lookup_args look;
-	memset(&look, 0, sizeof(look));
-	look.objectid = BTRFS_FIRST_FREE_OBJECTID;
-	if (ioctl(fd, BTRFS_IOC_INO_LOOKUP, &look) < 0)
-		die("INO_LOOKUP", layer);
-	find_nested(fd, look.treeid, &nested);
+	find_nested(fd, subvol_id(fd, layer), &nested);
 	int64_t t1 = now_ns();
 	for (size_t i = nested.len; i-- > 0;) {
 		struct btrfs_ioctl_vol_args_v2 args;
@@ -557,25 +555,18 @@ static int remove_one(const char *layer)
 static int cmd_find(const char *layer, long n)
 {
 	int fd = open_dir(layer);
-	int64_t *ts = calloc(n ? n : 1, sizeof(*ts));
+	struct samples ts = samples("find", n);
 	size_t count = 0;
 	for (long i = 0; i < n; i++) {
 		struct idlist nested = {0};
 		int64_t t0 = now_ns();
-		struct btrfs_ioctl_ino_lookup_args look;
-		memset(&look, 0, sizeof(look));
-		look.objectid = BTRFS_FIRST_FREE_OBJECTID;
-		if (ioctl(fd, BTRFS_IOC_INO_LOOKUP, &look) < 0)
-			die("INO_LOOKUP", layer);
-		find_nested(fd, look.treeid, &nested);
-		ts[i] = now_ns() - t0;
+		find_nested(fd, subvol_id(fd, layer), &nested);
+		ts.ns[i] = now_ns() - t0;
 		count = nested.len;
 		free(nested.ids);
 	}
-	for (long i = 0; i < n; i++)
-		printf("find %lld\n", (long long)ts[i]);
+	report(&ts);
 	printf("nested %zu\n", count);
-	free(ts);
 	close(fd);
 	return 0;
 }

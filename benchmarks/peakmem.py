@@ -19,6 +19,9 @@ Resident memory rather than ``tracemalloc``: the tar encoder, zstandard and
 the ioctl layer allocate outside Python's allocator, which tracemalloc does
 not see; the resident set counts everything the process holds.  File data
 read or written through the page cache is not part of it (not mapped).
+
+The benchmarks run it through :func:`run` (this interpreter, a process of
+its own, the JSON object parsed).
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ import resource
 import sys
 import time
 
+HERE = os.path.realpath(__file__)
+
 
 def vm_hwm_kib() -> int:
     with open("/proc/self/status") as f:
@@ -36,6 +41,42 @@ def vm_hwm_kib() -> int:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1])
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def run(home, *args: str) -> dict:
+    """Run this script with this interpreter on ``home`` (``args``: the
+    operation and its arguments, as on the command line); its JSON result."""
+    import subprocess  # here: not in the measured process's imports
+
+    proc = subprocess.run([sys.executable, HERE, os.fspath(home), *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"peakmem {' '.join(args)} failed: {proc.stderr.strip()[-2000:]}")
+    return json.loads(proc.stdout)
+
+
+def drain(stream) -> None:
+    """Read a driver's stream (``diff``, ``send``) to the end, then close it."""
+    with stream as s:
+        while s.read(1 << 20):
+            pass
+
+
+def operate(d, op: str, args: list[str]) -> None:
+    """``op`` on driver ``d``: ``diff``/``send`` LAYER [PARENT] (the stream
+    read to the end), ``apply``/``receive`` LAYER FILE (fed from the file),
+    ``none`` (nothing)."""
+    if op in ("diff", "send"):
+        layer, parent = args[0], (args[1] if len(args) > 1 else None)
+        drain((d.diff if op == "diff" else d.send)(layer, parent))
+    elif op in ("apply", "receive"):
+        layer, path = args
+        with open(path, "rb") as f:
+            if op == "apply":
+                d.apply_diff(layer, None, f)
+            else:
+                d.receive(layer, f)
+    elif op != "none":
+        raise SystemExit(f"unknown operation {op!r}")
 
 
 def main(argv: list[str]) -> int:
@@ -46,26 +87,7 @@ def main(argv: list[str]) -> int:
     try:
         before = vm_hwm_kib()
         t0 = time.perf_counter()
-        if op == "diff":
-            layer, parent = args[0], (args[1] if len(args) > 1 else None)
-            with d.diff(layer, parent) as stream:
-                while stream.read(1 << 20):
-                    pass
-        elif op == "apply":
-            layer, tar = args
-            with open(tar, "rb") as f:
-                d.apply_diff(layer, None, f)
-        elif op == "send":
-            layer, parent = args[0], (args[1] if len(args) > 1 else None)
-            with d.send(layer, parent) as stream:
-                while stream.read(1 << 20):
-                    pass
-        elif op == "receive":
-            layer, stream_file = args
-            with open(stream_file, "rb") as f:
-                d.receive(layer, f)
-        elif op != "none":
-            raise SystemExit(f"unknown operation {op!r}")
+        operate(d, op, args)
         seconds = time.perf_counter() - t0
     finally:
         d.close()

@@ -18,21 +18,18 @@ deleted (untimed) first.
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
-from pathlib import Path
 
 import pytest
 
+import peakmem
 from btrfsx import Driver
 
 LARGE_MIB = int(os.environ.get("BTRFSX_BENCH_LARGE_MIB", "256"))
 ROUNDS = int(os.environ.get("BTRFSX_BENCH_DIFF_ROUNDS", "5"))
-PEAKMEM = Path(__file__).resolve().parent / "peakmem.py"
 pytestmark = [pytest.mark.btrfs,
               pytest.mark.skipif(shutil.which("tar") is None, reason="GNU tar is not installed")]
 
@@ -107,20 +104,12 @@ def _mib_s(nbytes: int, seconds: float | None) -> float | None:
     return round(nbytes / (1 << 20) / seconds, 1) if seconds else None
 
 
-def _peak(home, *args) -> dict:
-    """Run benchmarks/peakmem.py with this interpreter; its JSON result."""
-    proc = subprocess.run([sys.executable, str(PEAKMEM), os.fspath(home), *args], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"peakmem {' '.join(args)} failed: {proc.stderr.strip()[-2000:]}")
-    return json.loads(proc.stdout)
-
-
 def _memory(benchmark, tools, kind: str, op: str, d, *args) -> None:
     """Peak memory of ``op`` in a fresh process, beside that of a process
     which only imports btrfsx and opens the driver; the 100 MiB target on
     the large tree (when it is the 1 GiB one)."""
-    base = _peak(d.home, "none")
-    run = _peak(d.home, op, *args)
+    base = peakmem.run(d.home, "none")
+    run = peakmem.run(d.home, op, *args)
     peak_mib = run["maxrss_kib"] / 1024
     base_mib = base["maxrss_kib"] / 1024
     benchmark.extra_info["peak_rss_mib"] = round(peak_mib, 1)

@@ -236,11 +236,29 @@ class _Op:
         self.store, self.op = store, op
         self.made: list[str] = []
         self.pending: list[str] = []
+        self.call = self._bind()
         if op == "remove":
             for _ in range(rounds + 3):
                 layer = store.fresh_id()
                 store.driver.create(layer)
                 self.pending.append(layer)
+
+    def _bind(self):
+        """What a round calls, with ``args()``'s arguments."""
+        s, d, op = self.store, self.store.driver, self.op
+        if op.startswith("create"):
+            opts = SIZED if op.endswith("sized") else None
+
+            def create(layer: str, parent: str | None) -> None:
+                d.create(layer, parent, opts)
+                self.made.append(layer)
+            return create
+        if op == "open Driver":
+            return lambda: Driver(s.home, s.options).close()
+        # on one existing layer (a random child; for "remove", one made for it)
+        return {"remove": d.remove, "exists": d.exists, "parent": d.parent,
+                "get+put": lambda layer: (d.get(layer), d.put(layer)),
+                "layer_infos([id])": lambda layer: d.layer_infos([layer])}[op]
 
     def args(self) -> tuple:
         s = self.store
@@ -252,31 +270,8 @@ class _Op:
             return ()
         return (s.child(),)
 
-    def __call__(self, layer: str | None = None, parent: str | None = None) -> None:
-        s, d, op = self.store, self.store.driver, self.op
-        if op.startswith("create"):
-            assert layer is not None
-            d.create(layer, parent, SIZED if op.endswith("sized") else None)
-            self.made.append(layer)
-        elif op == "remove":
-            assert layer is not None
-            d.remove(layer)
-        elif op == "exists":
-            assert layer is not None
-            d.exists(layer)
-        elif op == "parent":
-            assert layer is not None
-            d.parent(layer)
-        elif op == "get+put":
-            assert layer is not None
-            d.get(layer)
-            d.put(layer)
-        elif op == "layer_infos([id])":
-            d.layer_infos([layer])
-        elif op == "open Driver":
-            Driver(s.home, s.options).close()
-        else:
-            raise AssertionError(op)
+    def __call__(self, *args) -> None:
+        self.call(*args)
 
     def undo(self) -> None:
         while self.made:
@@ -350,19 +345,34 @@ def _floor(floor, store: SizedStore, kind: str, n: int) -> list[int]:
 SHARED: dict = {}   # (mode, size, op) -> figures, for the summary
 
 
+def _settle(*stores: SizedStore) -> None:
+    for s in stores:
+        s.settle()
+
+
+def _floor_half(floor, kind: str, samples: dict[SizedStore, list[int]], order: tuple[SizedStore, ...]) -> None:
+    """Half of the C floor's samples of ``kind`` on each store, in ``order``,
+    the stores settled first; appended to ``samples[store]``."""
+    _settle(*samples)
+    for store in order:
+        samples[store] += _floor(floor, store, kind, FLOOR_N // 2)
+
+
+def _check_target(benchmark, tools, tid: str, size: int, value: float | None, detail) -> None:
+    """The target ``tid``, where there is one, checked at TARGET_SIZE
+    (``detail()`` says what was measured)."""
+    if size == TARGET_SIZE and tid in tools.bench_targets.TARGETS:
+        tools.target(benchmark, tid, value, detail())
+
+
 def _per_layer(benchmark, tools, floor, big: SizedStore, ref: SizedStore, mode: str, size: int, op: str):
     rounds = _rounds(op, mode, size)
     ours, theirs = _Op(big, op, rounds), _Op(ref, op, rounds)
     kind = FLOORED.get(op)
-    floor_big: list[int] = []
-    floor_ref: list[int] = []
+    floors: dict[SizedStore, list[int]] = {big: [], ref: []}
     if kind is not None:
-        big.settle()
-        ref.settle()
-        floor_big += _floor(floor, big, kind, FLOOR_N // 2)
-        floor_ref += _floor(floor, ref, kind, FLOOR_N // 2)
-    big.settle()
-    ref.settle()
+        _floor_half(floor, kind, floors, (big, ref))
+    _settle(big, ref)
     ref_times: list[float] = []
     turn = [0]
     clock_ours, clock_theirs = _KernelClock(), _KernelClock()
@@ -396,10 +406,8 @@ def _per_layer(benchmark, tools, floor, big: SizedStore, ref: SizedStore, mode: 
         ours.undo()
         theirs.undo()
     if kind is not None:
-        big.settle()
-        ref.settle()
-        floor_ref += _floor(floor, ref, kind, FLOOR_N // 2)
-        floor_big += _floor(floor, big, kind, FLOOR_N // 2)
+        _floor_half(floor, kind, floors, (ref, big))
+    floor_big, floor_ref = floors[big], floors[ref]
     med = tools.bench_median(benchmark)
     ref_med = tools.median(ref_times[2:]) if len(ref_times) > 2 else None
     tools.also(benchmark, f"{REF_LAYERS} layers (reference store, alternating): Driver {op}", ref_med,
@@ -440,11 +448,9 @@ def _per_layer(benchmark, tools, floor, big: SizedStore, ref: SizedStore, mode: 
         if op in KERNEL_DIVIDED:
             value = growth / kernel
     SHARED[(mode, size, op)] = {"median": med, "ref": ref_med, "growth": growth, "kernel": kernel, "value": value}
-    tid = f"store_size:{op}:{mode}"
-    if size == TARGET_SIZE and tid in tools.bench_targets.TARGETS:
-        detail = (f"{tools.fmt_time(med)} at {size} vs {tools.fmt_time(ref_med)} at {REF_LAYERS}"
+    _check_target(benchmark, tools, f"store_size:{op}:{mode}", size, value,
+                  lambda: f"{tools.fmt_time(med)} at {size} vs {tools.fmt_time(ref_med)} at {REF_LAYERS}"
                   + (f", kernel growth x{kernel:.2f} divided out" if kernel and op in KERNEL_DIVIDED else ""))
-        tools.target(benchmark, tid, value, detail)
 
 
 # ---------------------------------------------------------------- whole-store operations
@@ -476,11 +482,9 @@ def _whole(benchmark, tools, floor, big: SizedStore, mode: str, size: int, op: s
     if listed is not None:
         benchmark.extra_info["layers"] = listed
     SHARED[(mode, size, op)] = {"median": med, "floor": floor_s}
-    tid = f"store_size_whole:{op}:{mode}"
-    if size == TARGET_SIZE and tid in tools.bench_targets.TARGETS:
-        tools.target(benchmark, tid, med,
-                     f"{tools.fmt_time(med)} at {size} layers"
-                     + (f" (C floor {tools.fmt_time(floor_s)})" if floor_s else ""))
+    _check_target(benchmark, tools, f"store_size_whole:{op}:{mode}", size, med,
+                  lambda: f"{tools.fmt_time(med)} at {size} layers"
+                  + (f" (C floor {tools.fmt_time(floor_s)})" if floor_s else ""))
 
 
 def test_store_size(benchmark, stores, tools, floor, store_case):

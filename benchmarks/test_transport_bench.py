@@ -15,22 +15,19 @@ cleaner done.
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import resource
 import shutil
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
+import peakmem
 from btrfsx import Driver, _ioctl, subvolume, transport
 
 LARGE_MIB = int(os.environ.get("BTRFSX_BENCH_SEND_MIB") or os.environ.get("BTRFSX_BENCH_LARGE_MIB") or "1024")
 ROUNDS = int(os.environ.get("BTRFSX_BENCH_SEND_ROUNDS", "5"))
-PEAKMEM = Path(__file__).resolve().parent / "peakmem.py"
 pytestmark = pytest.mark.btrfs
 MEDIANS: dict[str, float | None] = {}
 
@@ -93,26 +90,69 @@ def stores(request, btrfs_available, tools):
             b.cleanup()
 
 
-def _rounds(tools, fs_list, d: Driver, prefix: str):
-    """A setup for benchmark.pedantic handing each round a fresh id (the
-    previous round's layer removed, the filesystems settled)."""
+def _into_fresh_layers(benchmark, tools, stores, prefix: str, make) -> None:
+    """``make(target)`` for ROUNDS rounds, each into a layer of the receiver
+    of its own ("<prefix>-<n>"): the previous round's removed and both
+    filesystems settled in the round's setup (untimed), the last removed
+    after."""
+    _, _, _, b, fa, fb = stores
     counter = itertools.count()
     last: list[str] = []
 
-    def setup():
+    def remove_last():
         while last:
-            d.remove(last.pop())
-        for fs in fs_list:
+            b.remove(last.pop())
+
+    def setup():
+        remove_last()
+        for fs in (fa, fb):
             tools.settle(fs.mountpoint, timeout=120)
         name = f"{prefix}-{next(counter)}"
         last.append(name)
         return (name,), {}
-    return setup, last
+    benchmark.pedantic(make, setup=setup, rounds=ROUNDS)
+    remove_last()
 
 
-def _cleanup(d: Driver, last: list[str]) -> None:
-    while last:
-        d.remove(last.pop())
+def _by_tar(a: Driver, b: Driver, layer: str, parent: str | None = None):
+    """A round's work: ``layer`` (against ``parent``) through ``diff |
+    apply_diff`` into the target, made empty or from the tar-applied base."""
+    onto = "base-tar" if parent else None
+
+    def by_tar(target):
+        b.create(target, onto)
+        with a.diff(layer, parent) as tar:
+            b.apply_diff(target, onto, tar)
+    return by_tar
+
+
+def _by_send(a: Driver, b: Driver, layer: str, parent: str | None = None, sizes: list[int] | None = None):
+    """A round's work: ``layer`` (against ``parent``) through ``send |
+    receive`` into the target; the bytes each receive read into ``sizes``."""
+    def by_send(target):
+        with a.send(layer, parent) as stream:
+            n = b.receive(target, stream, parent)
+        if sizes is not None:
+            sizes.append(n)
+    return by_send
+
+
+def _only_small(kind: str, what: str) -> None:
+    if kind != "small":
+        pytest.skip(f"the {what} target is the small-file tree's")
+
+
+def _size_note() -> str:
+    return f" (a {LARGE_MIB} MiB file here; the target names 1 GiB)" if LARGE_MIB < 1024 else ""
+
+
+def _send_to_file(a: Driver, fs, layer: str = "base"):
+    """The whole of ``layer``'s send stream, in a file on ``fs``; its path."""
+    path = fs.mountpoint / f"{layer}.stream"
+    with a.send(layer) as stream, open(path, "wb") as out:
+        while chunk := stream.read(1 << 20):
+            out.write(chunk)
+    return path
 
 
 # ---------------------------------------------------------------- the child, incremental
@@ -120,14 +160,7 @@ def _cleanup(d: Driver, last: list[str]) -> None:
 def test_child_by_tar(benchmark, stores, tools):
     name, kind, a, b, fa, fb = stores
     benchmark.group = f"transport, the child against base: {name}"
-    setup, last = _rounds(tools, (fa, fb), b, "tar")
-
-    def by_tar(target):
-        b.create(target, "base-tar")
-        with a.diff("child", "base") as tar:
-            b.apply_diff(target, "base-tar", tar)
-    benchmark.pedantic(by_tar, setup=setup, rounds=ROUNDS)
-    _cleanup(b, last)
+    _into_fresh_layers(benchmark, tools, stores, "tar", _by_tar(a, b, "child", "base"))
     MEDIANS[benchmark.group] = tools.bench_median(benchmark)
     tools.record(benchmark, "Driver.diff(child, base) | Driver.apply_diff", note="the reference")
 
@@ -135,14 +168,8 @@ def test_child_by_tar(benchmark, stores, tools):
 def test_child_by_send(benchmark, stores, tools):
     name, kind, a, b, fa, fb = stores
     benchmark.group = f"transport, the child against base: {name}"
-    setup, last = _rounds(tools, (fa, fb), b, "recv")
-    sizes = []
-
-    def by_send(target):
-        with a.send("child", "base") as stream:
-            sizes.append(b.receive(target, stream, "base"))
-    benchmark.pedantic(by_send, setup=setup, rounds=ROUNDS)
-    _cleanup(b, last)
+    sizes: list[int] = []
+    _into_fresh_layers(benchmark, tools, stores, "recv", _by_send(a, b, "child", "base", sizes))
     ref = MEDIANS.get(benchmark.group)
     med = tools.bench_median(benchmark)
     benchmark.extra_info["stream_bytes"] = sizes[-1]
@@ -150,10 +177,8 @@ def test_child_by_send(benchmark, stores, tools):
         tools.record(benchmark, "Driver.send(child, base) | Driver.receive", reference="diff | apply_diff",
                      reference_s=ref, value=(ref / med) if ref and med else None, target="transport_incr:large",
                      btrfsx=True)
-        detail = f"{sizes[-1]} bytes"
-        if LARGE_MIB < 1024:
-            detail += f" (a {LARGE_MIB} MiB file here; the target names 1 GiB)"
-        tools.target(benchmark, "transport_incr_stream:large", sizes[-1] / (1 << 20), detail)
+        tools.target(benchmark, "transport_incr_stream:large", sizes[-1] / (1 << 20),
+                     f"{sizes[-1]} bytes{_size_note()}")
     else:
         tools.record(benchmark, "Driver.send(child, base) | Driver.receive", reference="diff | apply_diff",
                      reference_s=ref, btrfsx=True, note=f"stream of {sizes[-1]} bytes")
@@ -163,66 +188,45 @@ def test_child_by_send(benchmark, stores, tools):
 
 def test_full_by_tar(benchmark, stores, tools):
     name, kind, a, b, fa, fb = stores
-    if kind != "small":
-        pytest.skip("the whole-layer target is the small-file tree's")
+    _only_small(kind, "whole-layer")
     benchmark.group = f"transport, the whole layer: {name}"
-    setup, last = _rounds(tools, (fa, fb), b, "tarfull")
-
-    def by_tar(target):
-        b.create(target)
-        with a.diff("base") as tar:
-            b.apply_diff(target, None, tar)
-    benchmark.pedantic(by_tar, setup=setup, rounds=ROUNDS)
-    _cleanup(b, last)
+    _into_fresh_layers(benchmark, tools, stores, "tarfull", _by_tar(a, b, "base"))
     MEDIANS[benchmark.group] = tools.bench_median(benchmark)
     tools.record(benchmark, "Driver.diff(base) | Driver.apply_diff", note="the reference")
 
 
 def test_full_by_send(benchmark, stores, tools):
     name, kind, a, b, fa, fb = stores
-    if kind != "small":
-        pytest.skip("the whole-layer target is the small-file tree's")
+    _only_small(kind, "whole-layer")
     benchmark.group = f"transport, the whole layer: {name}"
-    setup, last = _rounds(tools, (fa, fb), b, "recvfull")
-
-    def by_send(target):
-        with a.send("base") as stream:
-            b.receive(target, stream)
-    benchmark.pedantic(by_send, setup=setup, rounds=ROUNDS)
-    _cleanup(b, last)
+    _into_fresh_layers(benchmark, tools, stores, "recvfull", _by_send(a, b, "base"))
     tools.record(benchmark, "Driver.send(base) | Driver.receive", reference="diff | apply_diff",
                  reference_s=MEDIANS.get(benchmark.group), target="transport_full:small", btrfsx=True)
 
 
 # ---------------------------------------------------------------- the sending side alone
 
-def test_incremental_diff(benchmark, stores, tools):
+def _read_child(benchmark, stores, how: str, setup=None) -> None:
+    """``Driver.<how>("child", "base")`` read to the end, ROUNDS * 4 rounds
+    (after ``setup`` each, or else after a warm-up round), in the group of
+    the sending side."""
     name, kind, a, b, fa, fb = stores
-    if kind != "small":
-        pytest.skip("the incremental-send target is the small-file tree's")
+    _only_small(kind, "incremental-send")
     benchmark.group = f"transport, sending the child alone: {name}"
+    open_stream = a.diff if how == "diff" else a.send
+    benchmark.pedantic(lambda: peakmem.drain(open_stream("child", "base")), setup=setup, rounds=ROUNDS * 4,
+                       warmup_rounds=0 if setup else 1)
 
-    def diff():
-        with a.diff("child", "base") as tar:
-            while tar.read(1 << 20):
-                pass
-    benchmark.pedantic(diff, rounds=ROUNDS * 4, warmup_rounds=1)
+
+def test_incremental_diff(benchmark, stores, tools):
+    _read_child(benchmark, stores, "diff")
     MEDIANS[benchmark.group] = tools.bench_median(benchmark)
     tools.record(benchmark, "Driver.diff(child, base), read to the end", note="the reference (native changes)")
 
 
 def test_incremental_send(benchmark, stores, tools):
     """Sent again: the twins of child and base made by an earlier send are reused."""
-    name, kind, a, b, fa, fb = stores
-    if kind != "small":
-        pytest.skip("the incremental-send target is the small-file tree's")
-    benchmark.group = f"transport, sending the child alone: {name}"
-
-    def send():
-        with a.send("child", "base") as stream:
-            while stream.read(1 << 20):
-                pass
-    benchmark.pedantic(send, rounds=ROUNDS * 4, warmup_rounds=1)
+    _read_child(benchmark, stores, "send")
     tools.record(benchmark, "Driver.send(child, base), twins there, read to the end",
                  reference="Driver.diff(child, base)", reference_s=MEDIANS.get(benchmark.group), btrfsx=True,
                  note="a layer sent again: its twin reused")
@@ -232,9 +236,6 @@ def test_incremental_send_first(benchmark, stores, tools):
     """The child's first send: its twin (a read-only snapshot, after a sync)
     is made in the timed call; base's, made when base was sent, is reused."""
     name, kind, a, b, fa, fb = stores
-    if kind != "small":
-        pytest.skip("the incremental-send target is the small-file tree's")
-    benchmark.group = f"transport, sending the child alone: {name}"
     store = a._store
 
     def setup():
@@ -242,12 +243,7 @@ def test_incremental_send_first(benchmark, stores, tools):
             transport._drop(store, "child")
         tools.settle(fa.mountpoint, timeout=120)
         return (), {}
-
-    def send():
-        with a.send("child", "base") as stream:
-            while stream.read(1 << 20):
-                pass
-    benchmark.pedantic(send, setup=setup, rounds=ROUNDS * 4)
+    _read_child(benchmark, stores, "send", setup)
     tools.record(benchmark, "Driver.send(child, base), first send (twin made), read to the end",
                  reference="Driver.diff(child, base)", reference_s=MEDIANS.get(benchmark.group),
                  target="transport_incr_send:small", btrfsx=True)
@@ -267,23 +263,23 @@ def test_receive_by_btrfs_progs(benchmark, stores, tools):
     (relaying the stream, checking, publishing)."""
     name, kind, a, b, fa, fb = stores
     benchmark.group = f"transport, receiving the whole layer from a file: {name}"
-    stream_file = fa.mountpoint / "base.stream"
-    with a.send("base") as stream, open(stream_file, "wb") as out:
-        while chunk := stream.read(1 << 20):
-            out.write(chunk)
+    stream_file = _send_to_file(a, fa)
     btrfs = shutil.which("btrfs") or "/usr/bin/btrfs"
     raw = fb.mountpoint / "raw"
     raw.mkdir(exist_ok=True)
     rows: dict[str, list[tuple[float, float, float, float]]] = {}   # (wall, child user, child sys, own cpu)
     counter = itertools.count()
+
+    def clear():
+        for entry in os.listdir(raw):
+            subvolume.remove_tree(os.fspath(raw / entry), destroy_subvolumes=True)
+        for layer in [x for x in b.layers() if x.startswith("rawrecv-")]:
+            b.remove(layer)
     try:
         for _ in range(ROUNDS):
             for which in ("btrfs receive -f FILE (bare)", "btrfs receive -f FILE, then sync",
                           "Driver.receive(FILE)"):
-                for entry in os.listdir(raw):
-                    subvolume.remove_tree(os.fspath(raw / entry), destroy_subvolumes=True)
-                for layer in [x for x in b.layers() if x.startswith("rawrecv-")]:
-                    b.remove(layer)
+                clear()
                 tools.settle(fb.mountpoint, timeout=120)
                 before = resource.getrusage(resource.RUSAGE_CHILDREN)
                 own = resource.getrusage(resource.RUSAGE_SELF)
@@ -303,10 +299,7 @@ def test_receive_by_btrfs_progs(benchmark, stores, tools):
                     (wall, after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime,
                      own2.ru_utime + own2.ru_stime - own.ru_utime - own.ru_stime))
     finally:
-        for entry in os.listdir(raw):
-            subvolume.remove_tree(os.fspath(raw / entry), destroy_subvolumes=True)
-        for layer in [x for x in b.layers() if x.startswith("rawrecv-")]:
-            b.remove(layer)
+        clear()
         stream_file.unlink()
 
     def med(samples, i):
@@ -334,25 +327,15 @@ def _sync(path) -> None:
 
 # ---------------------------------------------------------------- peak memory
 
-def _peak(home, *args) -> dict:
-    proc = subprocess.run([sys.executable, str(PEAKMEM), os.fspath(home), *args], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"peakmem {' '.join(args)} failed: {proc.stderr.strip()[-2000:]}")
-    return json.loads(proc.stdout)
-
-
 def test_peak_memory(benchmark, stores, tools):
     name, kind, a, b, fa, fb = stores
     if kind != "large":
         pytest.skip("the memory targets are the large layer's")
     benchmark.group = f"transport, peak memory: {name}"
-    stream_file = fa.mountpoint / "base.stream"
-    with a.send("base") as stream, open(stream_file, "wb") as out:
-        while chunk := stream.read(1 << 20):
-            out.write(chunk)
-    base = _peak(a.home, "none")
-    sent = _peak(a.home, "send", "base")
-    got = _peak(b.home, "receive", "peak", str(stream_file))
+    stream_file = _send_to_file(a, fa)
+    base = peakmem.run(a.home, "none")
+    sent = peakmem.run(a.home, "send", "base")
+    got = peakmem.run(b.home, "receive", "peak", str(stream_file))
     stream_file.unlink()
     benchmark.pedantic(lambda: None, rounds=1)
     for op, run in (("send", sent), ("receive", got)):
@@ -361,7 +344,6 @@ def test_peak_memory(benchmark, stores, tools):
                   f"{run['seconds']:.2f} s")
         if op == "receive":
             detail += f"; btrfs receive's ru_maxrss {run['children_maxrss_kib'] / 1024:.1f} MiB (an upper bound)"
-        if LARGE_MIB < 1024:
-            detail += f" (a {LARGE_MIB} MiB file here; the target names 1 GiB)"
+        detail += _size_note()
         benchmark.extra_info[f"{op}_peak_rss_mib"] = round(mib, 1)
         tools.target(benchmark, f"mem:{op}:large", mib, detail)

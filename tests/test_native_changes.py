@@ -85,6 +85,19 @@ def _read(path: str) -> bytes:
         return f.read()
 
 
+def _pwrite(path: str, data: bytes, offset: int) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, data, offset)
+    finally:
+        os.close(fd)
+
+
+def _give_back_times(path: str, st: os.stat_result) -> None:
+    """The atime and mtime of ``st`` given back to ``path``."""
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
 def _xattrs(path: str) -> dict[str, bytes]:
     try:
         names = os.listxattr(path, follow_symlinks=False)
@@ -161,17 +174,46 @@ class Tree:
         out.sort()
         return out
 
+    def _paths(self, of_mode) -> list[str]:
+        """The entries whose ``st_mode`` passes ``of_mode``."""
+        return [p for p, st in self._entries() if of_mode(st.st_mode)]
+
     def files(self) -> list[str]:
-        return [p for p, st in self._entries() if stat.S_ISREG(st.st_mode)]
+        return self._paths(stat.S_ISREG)
+
+    def files_over(self, size: int) -> list[str]:
+        """The regular files of more than ``size`` bytes."""
+        return [f for f in self.files() if os.lstat(self.p(f)).st_size > size]
 
     def dirs(self, with_root: bool = True) -> list[str]:
-        return ([""] if with_root else []) + [p for p, st in self._entries() if stat.S_ISDIR(st.st_mode)]
+        return ([""] if with_root else []) + self._paths(stat.S_ISDIR)
 
     def symlinks(self) -> list[str]:
-        return [p for p, st in self._entries() if stat.S_ISLNK(st.st_mode)]
+        return self._paths(stat.S_ISLNK)
+
+    def not_dirs(self) -> list[str]:
+        return self._paths(lambda mode: not stat.S_ISDIR(mode))
+
+    def not_symlinks(self) -> list[str]:
+        return self._paths(lambda mode: not stat.S_ISLNK(mode))
 
     def anything(self) -> list[str]:
         return [p for p, _ in self._entries()]
+
+    def pick(self, paths: list[str]) -> str | None:
+        """One of ``paths`` at random (None, and no draw, when there are none)."""
+        return self.rng.choice(paths) if paths else None
+
+    def two_alike(self, key, keep=lambda key: True) -> tuple[str, str] | None:
+        """Two files of one ``key(file)`` (a ``keep(key)`` one) at random, or None."""
+        groups: dict = {}
+        for f in self.files():
+            groups.setdefault(key(f), []).append(f)
+        pairs = [g for k, g in groups.items() if len(g) >= 2 and keep(k)]
+        if not pairs:
+            return None
+        a, b = self.rng.sample(self.rng.choice(pairs), 2)
+        return a, b
 
     def p(self, rel: str) -> str:
         return self.root + rel
@@ -180,14 +222,48 @@ class Tree:
         self._serial += 1
         return f"{prefix}{self._serial:03d}"
 
+    def _new_path(self, prefix: str) -> str:
+        """A new name in a random directory."""
+        return f"{self.rng.choice(self.dirs())}/{self._name(prefix)}"
+
     def _data(self, size: int) -> bytes:
         return self.rng.randbytes(size)
+
+    def _other_data(self, old: bytes) -> bytes:
+        """Random bytes as many as ``old`` but not ``old``."""
+        new = self._data(len(old))
+        while new == old:
+            new = self._data(len(old))
+        return new
 
     def _size(self) -> int:
         return self.rng.choice(SIZES)
 
     def note(self, line: str) -> None:
         self.log.append(line)
+
+    def _empty_and_rmdir(self, d: str) -> None:
+        """Empty directory ``d`` (deepest first) and remove it."""
+        for dirpath, dirnames, filenames in os.walk(self.p(d), topdown=False):
+            for name in filenames:
+                os.unlink(os.path.join(dirpath, name))
+            for name in dirnames:
+                full = os.path.join(dirpath, name)
+                (os.unlink if os.path.islink(full) else os.rmdir)(full)
+        os.rmdir(self.p(d))
+
+    def _rename(self, f: str, to: str) -> None:
+        os.rename(self.p(f), self.p(to))
+        self.note(f"rename {f} -> {to}")
+
+    def _link(self) -> tuple[str, str] | None:
+        """A random file hard-linked under a new name: (file, new name), or None."""
+        f = self.pick(self.files())
+        if f is None:
+            return None
+        to = self._new_path("h")
+        os.link(self.p(f), self.p(to))
+        return f, to
 
     # -- building a base tree
 
@@ -242,7 +318,7 @@ class Tree:
     # -- the mutations; each returns False when the tree has nothing it applies to
 
     def m_create(self) -> bool:
-        f = f"{self.rng.choice(self.dirs())}/{self._name('c')}"
+        f = self._new_path("c")
         size = self._size()
         _write(self.p(f), self._data(size))
         self.note(f"create {f} ({size} bytes)")
@@ -260,7 +336,7 @@ class Tree:
         return True
 
     def m_mkdir(self) -> bool:
-        d = f"{self.rng.choice(self.dirs())}/{self._name('m')}"
+        d = self._new_path("m")
         os.mkdir(self.p(d))
         self.note(f"mkdir {d}")
         if self.rng.random() < 0.5:
@@ -269,67 +345,49 @@ class Tree:
         return True
 
     def m_write(self) -> bool:
-        files = self.files()
-        if not files:
+        f = self.pick(self.files())
+        if f is None:
             return False
-        f = self.rng.choice(files)
         size = os.lstat(self.p(f)).st_size
         offset = self.rng.randint(0, size)
         n = self.rng.randint(1, 3000)
-        fd = os.open(self.p(f), os.O_WRONLY)
-        try:
-            os.pwrite(fd, self._data(n), offset)
-        finally:
-            os.close(fd)
+        _pwrite(self.p(f), self._data(n), offset)
         self.note(f"write {n} bytes at {offset} into {f}")
         return True
 
     def m_rewrite_same_size_restore_mtime(self) -> bool:
         """Different bytes, same size, the old mtime given back: the walk
         cannot see it, the native path must."""
-        files = [f for f in self.files() if os.lstat(self.p(f)).st_size > 0]
-        if not files:
+        f = self.pick(self.files_over(0))
+        if f is None:
             return False
-        f = self.rng.choice(files)
         st = os.lstat(self.p(f))
-        old = _read(self.p(f))
-        new = self._data(st.st_size)
-        while new == old:
-            new = self._data(st.st_size)
-        fd = os.open(self.p(f), os.O_WRONLY)
-        try:
-            os.pwrite(fd, new, 0)
-        finally:
-            os.close(fd)
-        os.utime(self.p(f), ns=(st.st_atime_ns, st.st_mtime_ns))
+        _pwrite(self.p(f), self._other_data(_read(self.p(f))), 0)
+        _give_back_times(self.p(f), st)
         self.note(f"rewrite {f} with other bytes of the same size, mtime restored")
         return True
 
     def m_rewrite_identical_restore_mtime(self) -> bool:
-        files = self.files()
-        if not files:
+        f = self.pick(self.files())
+        if f is None:
             return False
-        f = self.rng.choice(files)
         st = os.lstat(self.p(f))
-        data = _read(self.p(f))
-        _write(self.p(f), data)
-        os.utime(self.p(f), ns=(st.st_atime_ns, st.st_mtime_ns))
+        _write(self.p(f), _read(self.p(f)))
+        _give_back_times(self.p(f), st)
         self.note(f"rewrite {f} with its own bytes, mtime restored")
         return True
 
     def m_swap_alike(self) -> bool:
         """Two files of the same size and mtime (and mode, owner, xattrs)
         exchanged by three renames."""
-        groups: dict[tuple, list[str]] = {}
-        for f in self.files():
+        def alike(f: str) -> tuple:
             st = os.lstat(self.p(f))
-            key = (st.st_size, st.st_mtime_ns, st.st_mode, st.st_uid, st.st_gid,
-                   tuple(sorted(_xattrs(self.p(f)).items())))
-            groups.setdefault(key, []).append(f)
-        pairs = [g for g in groups.values() if len(g) >= 2]
-        if not pairs:
+            return (st.st_size, st.st_mtime_ns, st.st_mode, st.st_uid, st.st_gid,
+                    tuple(sorted(_xattrs(self.p(f)).items())))
+        pair = self.two_alike(alike)
+        if pair is None:
             return False
-        a, b = self.rng.sample(self.rng.choice(pairs), 2)
+        a, b = pair
         tmp = f"{os.path.dirname(a)}/{self._name('tmp')}"
         os.rename(self.p(a), self.p(tmp))
         os.rename(self.p(b), self.p(a))
@@ -338,20 +396,18 @@ class Tree:
         return True
 
     def m_truncate(self) -> bool:
-        files = self.files()
-        if not files:
+        f = self.pick(self.files())
+        if f is None:
             return False
-        f = self.rng.choice(files)
         size = self.rng.choice([0, 1, 100, 3000, 9 * KiB, 30 * KiB])
         os.truncate(self.p(f), size)
         self.note(f"truncate {f} to {size}")
         return True
 
     def m_append(self) -> bool:
-        files = self.files()
-        if not files:
+        f = self.pick(self.files())
+        if f is None:
             return False
-        f = self.rng.choice(files)
         n = self.rng.choice([1, 100, 3000, 10 * KiB])
         with open(self.p(f), "ab") as fh:
             fh.write(self._data(n))
@@ -360,20 +416,16 @@ class Tree:
 
     def m_chmod(self) -> bool:
         # the root too: neither side may report it
-        paths = [""] + [p for p, st in self._entries() if not stat.S_ISLNK(st.st_mode)]
-        if not paths:
-            return False
-        f = self.rng.choice(paths)
+        f = self.rng.choice([""] + self.not_symlinks())
         mode = self.rng.choice(FILE_MODES + DIR_MODES)
         os.chmod(self.p(f), mode)
         self.note(f"chmod {mode:o} {f}")
         return True
 
     def m_chmod_and_back(self) -> bool:
-        paths = [p for p, st in self._entries() if not stat.S_ISLNK(st.st_mode)]
-        if not paths:
+        f = self.pick(self.not_symlinks())
+        if f is None:
             return False
-        f = self.rng.choice(paths)
         mode = stat.S_IMODE(os.lstat(self.p(f)).st_mode)
         os.chmod(self.p(f), 0o711)
         os.chmod(self.p(f), mode)
@@ -381,20 +433,18 @@ class Tree:
         return True
 
     def m_chown(self) -> bool:
-        paths = self.anything()
-        if not paths:
+        f = self.pick(self.anything())
+        if f is None:
             return False
-        f = self.rng.choice(paths)
         owner = self.rng.choice(OWNERS)
         os.chown(self.p(f), *owner, follow_symlinks=False)
         self.note(f"chown {owner[0]}:{owner[1]} {f}")
         return True
 
     def m_utime(self) -> bool:
-        paths = self.anything()
-        if not paths:
+        f = self.pick(self.anything())
+        if f is None:
             return False
-        f = self.rng.choice(paths)
         # whole seconds too: the walk compares to the second when either
         # side has no sub-second part (sameFsTimeSpec), as tar-made files
         t = T0 + self.rng.choice([0, 1, 10**9, -(10**9), 7 * 10**9 + 5, -123_456_789, 376_543_211])
@@ -417,36 +467,29 @@ class Tree:
         return True
 
     def m_xattr_remove(self) -> bool:
-        paths = [p for p in self.anything() if _xattrs(self.p(p))]
-        if not paths:
+        f = self.pick([p for p in self.anything() if _xattrs(self.p(p))])
+        if f is None:
             return False
-        f = self.rng.choice(paths)
         name = self.rng.choice(sorted(_xattrs(self.p(f))))
         os.removexattr(self.p(f), name, follow_symlinks=False)
         self.note(f"removexattr {name} from {f}")
         return True
 
     def m_rename_within(self) -> bool:
-        paths = self.anything()
-        if not paths:
+        f = self.pick(self.anything())
+        if f is None:
             return False
-        f = self.rng.choice(paths)
-        to = f"{os.path.dirname(f)}/{self._name('r')}"
-        os.rename(self.p(f), self.p(to))
-        self.note(f"rename {f} -> {to}")
+        self._rename(f, f"{os.path.dirname(f)}/{self._name('r')}")
         return True
 
     def m_rename_across(self) -> bool:
-        paths = self.anything()
-        if not paths:
+        f = self.pick(self.anything())
+        if f is None:
             return False
-        f = self.rng.choice(paths)
         dirs = [d for d in self.dirs() if not (d + "/").startswith(f + "/") and d != os.path.dirname(f)]
         if not dirs:
             return False
-        to = f"{self.rng.choice(dirs)}/{self._name('r')}"
-        os.rename(self.p(f), self.p(to))
-        self.note(f"rename {f} -> {to}")
+        self._rename(f, f"{self.rng.choice(dirs)}/{self._name('r')}")
         return True
 
     def m_rename_over(self) -> bool:
@@ -462,56 +505,42 @@ class Tree:
         return True
 
     def m_link(self) -> bool:
-        files = self.files()
-        if not files:
+        linked = self._link()
+        if linked is None:
             return False
-        f = self.rng.choice(files)
-        to = f"{self.rng.choice(self.dirs())}/{self._name('h')}"
-        os.link(self.p(f), self.p(to))
-        self.note(f"link {f} -> {to}")
+        self.note("link {} -> {}".format(*linked))
         return True
 
     def m_link_then_unlink(self) -> bool:
-        files = self.files()
-        if not files:
+        linked = self._link()
+        if linked is None:
             return False
-        f = self.rng.choice(files)
-        to = f"{self.rng.choice(self.dirs())}/{self._name('h')}"
-        os.link(self.p(f), self.p(to))
+        f, to = linked
         os.unlink(self.p(f))
         self.note(f"link {f} -> {to}, unlink {f}")
         return True
 
     def m_unlink(self) -> bool:
-        paths = [p for p, st in self._entries() if not stat.S_ISDIR(st.st_mode)]
-        if not paths:
+        f = self.pick(self.not_dirs())
+        if f is None:
             return False
-        f = self.rng.choice(paths)
         os.unlink(self.p(f))
         self.note(f"unlink {f}")
         return True
 
     def m_rmdir(self) -> bool:
         """Empty a directory (deepest first) and remove it."""
-        dirs = self.dirs(with_root=False)
-        if not dirs:
+        d = self.pick(self.dirs(with_root=False))
+        if d is None:
             return False
-        d = self.rng.choice(dirs)
-        for dirpath, dirnames, filenames in os.walk(self.p(d), topdown=False):
-            for name in filenames:
-                os.unlink(os.path.join(dirpath, name))
-            for name in dirnames:
-                full = os.path.join(dirpath, name)
-                (os.unlink if os.path.islink(full) else os.rmdir)(full)
-        os.rmdir(self.p(d))
+        self._empty_and_rmdir(d)
         self.note(f"empty and rmdir {d}")
         return True
 
     def m_file_to_dir(self) -> bool:
-        paths = [p for p, st in self._entries() if not stat.S_ISDIR(st.st_mode)]
-        if not paths:
+        f = self.pick(self.not_dirs())
+        if f is None:
             return False
-        f = self.rng.choice(paths)
         os.unlink(self.p(f))
         os.mkdir(self.p(f))
         _write(self.p(f + "/x"), self._data(self._size()))
@@ -519,26 +548,18 @@ class Tree:
         return True
 
     def m_dir_to_file(self) -> bool:
-        dirs = self.dirs(with_root=False)
-        if not dirs:
+        d = self.pick(self.dirs(with_root=False))
+        if d is None:
             return False
-        d = self.rng.choice(dirs)
-        for dirpath, dirnames, filenames in os.walk(self.p(d), topdown=False):
-            for name in filenames:
-                os.unlink(os.path.join(dirpath, name))
-            for name in dirnames:
-                full = os.path.join(dirpath, name)
-                (os.unlink if os.path.islink(full) else os.rmdir)(full)
-        os.rmdir(self.p(d))
+        self._empty_and_rmdir(d)
         _write(self.p(d), self._data(self._size()))
         self.note(f"replace directory {d} by a file")
         return True
 
     def m_symlink_retarget(self) -> bool:
-        links = self.symlinks()
-        if not links:
+        f = self.pick(self.symlinks())
+        if f is None:
             return False
-        f = self.rng.choice(links)
         target = self.rng.choice(["/etc/hostname", "a/b", os.readlink(self.p(f)) + "x", "y" * 100])
         if self.rng.random() < 0.5:
             os.unlink(self.p(f))
@@ -556,31 +577,27 @@ class Tree:
         """Unlink a file and make a new one of the same name: sometimes the
         same bytes and metadata (no change), sometimes other bytes of the
         same size with the old mtime (a change only the native path sees)."""
-        files = self.files()
-        if not files:
+        f = self.pick(self.files())
+        if f is None:
             return False
-        f = self.rng.choice(files)
         st = os.lstat(self.p(f))
         data = _read(self.p(f))
         xattrs = _xattrs(self.p(f))
         same = self.rng.random() < 0.5
         if not same and data:
-            new = self._data(len(data))
-            while new == data:
-                new = self._data(len(data))
-            data = new
+            data = self._other_data(data)
         os.unlink(self.p(f))
         _write(self.p(f), data, stat.S_IMODE(st.st_mode))
         os.chmod(self.p(f), stat.S_IMODE(st.st_mode))
         os.chown(self.p(f), st.st_uid, st.st_gid)
         for name, value in xattrs.items():
             os.setxattr(self.p(f), name, value)
-        os.utime(self.p(f), ns=(st.st_atime_ns, st.st_mtime_ns))
+        _give_back_times(self.p(f), st)
         self.note(f"delete and recreate {f} ({'same' if same else 'other'} bytes, same size and metadata)")
         return True
 
     def m_fifo(self) -> bool:
-        f = f"{self.rng.choice(self.dirs())}/{self._name('p')}"
+        f = self._new_path("p")
         os.mkfifo(self.p(f), 0o644)
         self.note(f"mkfifo {f}")
         return True
@@ -588,10 +605,9 @@ class Tree:
     def m_read(self) -> bool:
         """Read a file and list a directory: atime updates (relatime) rewrite
         inode items without changing anything a diff carries."""
-        files = self.files()
-        if not files:
+        f = self.pick(self.files())
+        if f is None:
             return False
-        f = self.rng.choice(files)
         _read(self.p(f))
         os.listdir(self.p(os.path.dirname(f)) or "/")
         self.note(f"read {f}")
@@ -614,47 +630,39 @@ class Tree:
     # no item at all): an early version decided "same data" from file
     # extent items alone and missed these
 
-    def _restore(self, f: str, st: os.stat_result) -> None:
-        os.utime(self.p(f), ns=(st.st_atime_ns, st.st_mtime_ns))
-
     def m_clone_over(self) -> bool:
         """FICLONE another file's extents over a file of the same size, mtime restored."""
-        by_size: dict[int, list[str]] = {}
-        for f in self.files():
-            by_size.setdefault(os.lstat(self.p(f)).st_size, []).append(f)
         # not inline (btrfs clones no inline extent into a file with others)
-        pairs = [g for size, g in by_size.items() if len(g) >= 2 and size > 4096]
-        if not pairs:
+        pair = self.two_alike(lambda f: os.lstat(self.p(f)).st_size, keep=lambda size: size > 4096)
+        if pair is None:
             return False
-        dst, src = self.rng.sample(self.rng.choice(pairs), 2)
+        dst, src = pair
         st = os.lstat(self.p(dst))
         if st.st_ino == os.lstat(self.p(src)).st_ino:
             return False  # hard links of one inode: a clone onto itself
         _clone(self.p(src), self.p(dst))
-        self._restore(dst, st)
+        _give_back_times(self.p(dst), st)
         self.note(f"clone {src} over {dst} (same size), mtime restored")
         return True
 
     def m_punch_hole(self) -> bool:
-        files = [f for f in self.files() if os.lstat(self.p(f)).st_size > 8 * KiB]
-        if not files:
+        f = self.pick(self.files_over(8 * KiB))
+        if f is None:
             return False
-        f = self.rng.choice(files)
         st = os.lstat(self.p(f))
         _fallocate(self.p(f), FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE, 4096, 4096)
-        self._restore(f, st)
+        _give_back_times(self.p(f), st)
         self.note(f"punch a hole at 4096+4096 in {f}, mtime restored")
         return True
 
     def m_truncate_and_extend(self) -> bool:
-        files = [f for f in self.files() if os.lstat(self.p(f)).st_size > 0]
-        if not files:
+        f = self.pick(self.files_over(0))
+        if f is None:
             return False
-        f = self.rng.choice(files)
         st = os.lstat(self.p(f))
         os.truncate(self.p(f), 0)
         os.truncate(self.p(f), st.st_size)
-        self._restore(f, st)
+        _give_back_times(self.p(f), st)
         self.note(f"truncate {f} to 0 and back to {st.st_size}, mtime restored")
         return True
 
@@ -668,9 +676,7 @@ class Tree:
             return False
         how = self.rng.choice(["hidden rewrite", "append", "unlink", "chmod", "rename"])
         if how == "hidden rewrite":
-            st = os.lstat(self.p(f))
-            _write(self.p(f), bytes(255 - b for b in _read(self.p(f))))
-            os.utime(self.p(f), ns=(st.st_atime_ns, st.st_mtime_ns))
+            _same_size_rewrite(self.p(f))
         elif how == "append":
             with open(self.p(f), "ab") as fh:
                 fh.write(b"more")
@@ -686,10 +692,9 @@ class Tree:
     def m_mmap_write(self) -> bool:
         """Change bytes through a shared mapping, unmapped without msync; half
         the time with the mtime given back (a hidden rewrite)."""
-        files = [f for f in self.files() if os.lstat(self.p(f)).st_size > 0]
-        if not files:
+        f = self.pick(self.files_over(0))
+        if f is None:
             return False
-        f = self.rng.choice(files)
         st = os.lstat(self.p(f))
         offset = self.rng.randrange(st.st_size)
         fd = os.open(self.p(f), os.O_RDWR)
@@ -700,7 +705,7 @@ class Tree:
             os.close(fd)
         hidden = self.rng.random() < 0.5
         if hidden:
-            os.utime(self.p(f), ns=(st.st_atime_ns, st.st_mtime_ns))
+            _give_back_times(self.p(f), st)
         self.note(f"mmap write at {offset} of {f}" + (", mtime restored" if hidden else ""))
         return True
 
@@ -708,7 +713,7 @@ class Tree:
         dirs = self.dirs(with_root=False)
         empty = [d for d in dirs if not os.listdir(self.p(d))]
         if not empty:  # make one, for a later turn
-            e = f"{self.rng.choice(self.dirs())}/{self._name('e')}"
+            e = self._new_path("e")
             os.mkdir(self.p(e))
             self.note(f"mkdir {e} (empty)")
             return True
@@ -723,12 +728,12 @@ class Tree:
 
     def m_mknod(self) -> bool:
         """A character device made, or made again with another number."""
-        devices = [p for p, st in self._entries() if stat.S_ISCHR(st.st_mode)]
+        devices = self._paths(stat.S_ISCHR)
         if devices and self.rng.random() < 0.6:
             f = self.rng.choice(devices)
             os.unlink(self.p(f))
         else:
-            f = f"{self.rng.choice(self.dirs())}/{self._name('c')}"
+            f = self._new_path("c")
         dev = os.makedev(1, self.rng.choice([3, 5, 7]))
         os.mknod(self.p(f), stat.S_IFCHR | 0o644, dev)
         self.note(f"mknod {f} c {os.major(dev)} {os.minor(dev)}")
@@ -976,9 +981,8 @@ def _log_says(caplog, text: str) -> bool:
 def _same_size_rewrite(path: str) -> None:
     """Other bytes of the same size, the old mtime given back."""
     st = os.lstat(path)
-    data = _read(path)
-    _write(path, bytes(255 - b for b in data))
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    _write(path, bytes(255 - b for b in _read(path)))
+    _give_back_times(path, st)
 
 
 def test_driver_uses_the_native_path_for_a_snapshot_and_walks_otherwise(driver, caplog):
@@ -1182,7 +1186,7 @@ def test_nothing_changed_when_bytes_and_metadata_are_given_back(driver):
     b = driver.get("B")
     st = os.lstat(b + "/bin/sh")
     _write(b + "/bin/sh", _read(b + "/bin/sh"))
-    os.utime(b + "/bin/sh", ns=(st.st_atime_ns, st.st_mtime_ns))
+    _give_back_times(b + "/bin/sh", st)
     os.chmod(b + "/etc/passwd", 0o600)
     os.chmod(b + "/etc/passwd", 0o644)
     os.chmod(b + "/etc", 0o700)
@@ -1190,7 +1194,7 @@ def test_nothing_changed_when_bytes_and_metadata_are_given_back(driver):
     st = os.lstat(b + "/big")
     os.unlink(b + "/big")
     _write(b + "/big", b"b" * 20 * KiB)
-    os.utime(b + "/big", ns=(st.st_atime_ns, st.st_mtime_ns))
+    _give_back_times(b + "/big", st)
     for path in ("/etc/conf", "/etc/deep/er/file"):
         _read(b + path)
         _read(a + path)
@@ -1215,7 +1219,7 @@ def test_uncommitted_changes_and_dirty_pages_are_seen(driver):
     try:
         st = os.fstat(fd)
         os.pwrite(fd, b"X" * 100, 9000)  # dirty pages of a hidden rewrite
-        os.utime(b + "/big", ns=(st.st_atime_ns, st.st_mtime_ns))
+        _give_back_times(b + "/big", st)
         found = native_changes(b, a)
     finally:
         os.close(fd)
@@ -1327,7 +1331,7 @@ def test_many_changes_across_many_leaves(driver):
         elif how == 1:
             st = os.lstat(b + f)
             _write(b + f, _read(b + f).upper())  # same size
-            os.utime(b + f, ns=(st.st_atime_ns, st.st_mtime_ns))
+            _give_back_times(b + f, st)
         elif how == 2:
             os.unlink(b + f)
         elif how == 3:
@@ -1350,12 +1354,8 @@ def test_a_hidden_rewrite_past_the_first_mebibyte(driver):
     d.create("B", "A")
     b = d.get("B")
     st = os.lstat(b + "/large")
-    fd = os.open(b + "/large", os.O_WRONLY)
-    try:
-        os.pwrite(fd, b"\1", (3 << 20) - 1)
-    finally:
-        os.close(fd)
-    os.utime(b + "/large", ns=(st.st_atime_ns, st.st_mtime_ns))
+    _pwrite(b + "/large", b"\1", (3 << 20) - 1)
+    _give_back_times(b + "/large", st)
     assert naive_changes(b, a) == []
     assert [str(x) for x in native_changes(b, a)] == ["C /large"]
 
@@ -1463,11 +1463,7 @@ def test_hidden_rewrites_of_nocow_preallocated_and_mapped_files(driver):
             os.fsync(fd)
         finally:
             os.close(fd)
-    fd = os.open(b + "/prealloc", os.O_WRONLY)
-    try:
-        os.pwrite(fd, b"p" * 4096, 8192)
-    finally:
-        os.close(fd)
+    _pwrite(b + "/prealloc", b"p" * 4096, 8192)
     fd = os.open(b + "/mapped", os.O_RDWR)
     m = mmap.mmap(fd, 16 * KiB)
     try:
@@ -1830,7 +1826,7 @@ def test_reading_changes_leaves_atimes_alone(driver):
     with open(_same_size_rewrite_keep_mtime, "r+b") as f:
         st = os.fstat(f.fileno())
         f.write(b"z" * 32)
-    os.utime(_same_size_rewrite_keep_mtime, ns=(st.st_atime_ns, st.st_mtime_ns))
+    _give_back_times(_same_size_rewrite_keep_mtime, st)
     os.sync()
 
     # every path known without listing a directory (a listing would move atimes)
