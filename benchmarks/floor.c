@@ -232,16 +232,23 @@ static void each_name(const struct target *t, const char *tag, long n, int newes
 
 /* ------------------------------------------------------------ create, snapshot, sized create, destroy */
 
-static int cmd_create(const char *dir, long n)
+/* create N (sized when bytes > 0), then destroy them: both timed */
+static int create_then_destroy(const char *dir, long n, const char *tag, name_op create,
+			       unsigned long long bytes)
 {
-	struct target t = {.dirfd = open_dir(dir)};
+	struct target t = {.dirfd = open_dir(dir), .bytes = bytes};
 	struct samples tc = samples("create", n), td = samples("destroy", n);
-	each_name(&t, "c", n, 0, op_create, "SUBVOL_CREATE", &tc);
-	each_name(&t, "c", n, 0, op_destroy, "SNAP_DESTROY", &td);
+	each_name(&t, tag, n, 0, create, "SUBVOL_CREATE", &tc);
+	each_name(&t, tag, n, 0, op_destroy, "SNAP_DESTROY", &td);
 	report(&tc);
 	report(&td);
 	close(t.dirfd);
 	return 0;
+}
+
+static int cmd_create(const char *dir, long n)
+{
+	return create_then_destroy(dir, n, "c", op_create, 0);
 }
 
 static int cmd_snapshot(const char *src, const char *dir, long n)
@@ -258,14 +265,7 @@ static int cmd_snapshot(const char *src, const char *dir, long n)
 
 static int cmd_create_sized(const char *dir, long n, unsigned long long bytes)
 {
-	struct target t = {.dirfd = open_dir(dir), .bytes = bytes};
-	struct samples tc = samples("create", n), td = samples("destroy", n);
-	each_name(&t, "q", n, 0, op_create_sized, "SUBVOL_CREATE", &tc);
-	each_name(&t, "q", n, 0, op_destroy, "SNAP_DESTROY", &td);
-	report(&tc);
-	report(&td);
-	close(t.dirfd);
-	return 0;
+	return create_then_destroy(dir, n, "q", op_create_sized, bytes);
 }
 
 static int cmd_destroy_committed(const char *dir, long n)
